@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "vxmesh_native",
+      "sources": ["encap/native/vxmesh_native.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,110 @@
+// Typed face of the native shim (encap/native/vxmesh_native.c). The shim only makes syscalls
+// Node lacks; every decision about what to send where stays in TypeScript.
+//
+// Conventions:
+// - IPv4 addresses cross the boundary as unsigned 32-bit numbers in network order read as a
+//   big-endian integer (192.0.2.1 is 0xC0000201); ports as plain numbers.
+// - Batched calls never throw on EAGAIN: they return how many frames/datagrams they moved.
+//   They throw (an Error with `code` set to the errno name) only for real failures such as
+//   EBADF, which are bugs or a vanished device.
+// - Slabs are caller-owned Uint8Arrays; the shim reads/writes in place, never allocates per
+//   packet.
+
+export interface TapOpenOptions {
+  /** Ask for IFF_VNET_HDR (frames prefixed by a virtio_net_hdr). Default false. */
+  vnetHdr?: boolean;
+  /** Ask for IFF_MULTI_QUEUE. Default false. */
+  multiQueue?: boolean;
+}
+
+export interface TapHandle {
+  fd: number;
+  /** The name the kernel gave the device (equal to the requested one when it was free). */
+  name: string;
+}
+
+export interface NativeShim {
+  /** open("/dev/net/tun") + TUNSETIFF(IFF_TAP|IFF_NO_PI[...]), O_NONBLOCK, close-on-exec. */
+  tapOpen(name: string, options?: TapOpenOptions): TapHandle;
+
+  /**
+   * socket(AF_INET, SOCK_DGRAM|SOCK_NONBLOCK|SOCK_CLOEXEC), SO_REUSEADDR, optional
+   * SO_RCVBUF/SO_SNDBUF (0 = leave the default; uses the FORCE variants when permitted),
+   * bind(ip, port). ip 0 binds INADDR_ANY; port 0 lets the kernel choose.
+   */
+  udpOpen(ip: number, port: number, rcvbuf: number, sndbuf: number): number;
+
+  /** getsockname port of a UDP socket (for port-0 binds). */
+  udpLocalPort(fd: number): number;
+
+  /**
+   * read(2) frames from a TAP fd until EAGAIN or `max` frames. Frame i is written at
+   * slab[base + i*stride], at most `stride` bytes; its length goes to lens[i].
+   * Returns the number of frames read.
+   */
+  readFrames(fd: number, slab: Uint8Array, base: number, stride: number, max: number, lens: Uint32Array): number;
+
+  /**
+   * write(2) frames to a TAP fd: frame i is slab[offs[i] .. offs[i]+lens[i]). Stops at EAGAIN
+   * and returns how many were written (the caller counts the rest as dropped).
+   */
+  writeFrames(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array, count: number): number;
+
+  /**
+   * recvmmsg(MSG_DONTWAIT) up to `max` datagrams; datagram i lands at slab[base + i*stride]
+   * (at most `stride` bytes; a longer one is truncated and its lens[i] is set to 0xFFFFFFFF
+   * so the caller drops it), its length in lens[i], sender in srcIps[i] / srcPorts[i].
+   * Returns the count (0 on EAGAIN).
+   */
+  recvBatch(fd: number, slab: Uint8Array, base: number, stride: number, max: number,
+    lens: Uint32Array, srcIps: Uint32Array, srcPorts: Uint16Array): number;
+
+  /**
+   * sendmmsg(MSG_DONTWAIT): datagram i is slab[offs[i] .. offs[i]+lens[i]) to dstIps[i]:dstPorts[i].
+   * Returns how many the kernel took (stops at EAGAIN). Per-datagram errors other than
+   * EAGAIN (e.g. EHOSTUNREACH, ECONNREFUSED from an earlier ICMP) skip that datagram and go on;
+   * the number skipped is added to `errors[0]`.
+   */
+  sendBatch(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array,
+    dstIps: Uint32Array, dstPorts: Uint16Array, count: number, errors: Uint32Array): number;
+
+  /**
+   * poll(2) for POLLIN on each fd, waiting at most timeoutMs (-1 forever). Writes revents to
+   * revents[i] (nonzero means readable or error/hangup). Returns the number of ready fds,
+   * 0 on timeout; EINTR counts as 0.
+   */
+  pollIn(fds: Int32Array, revents: Int32Array, timeoutMs: number): number;
+
+  /** eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC) for waking a thread blocked in pollIn. */
+  eventfdOpen(): number;
+  /** Add 1 to an eventfd. */
+  eventfdSignal(fd: number): void;
+  /** Read (reset) an eventfd; returns the counter, 0 if it was not signalled. */
+  eventfdDrain(fd: number): number;
+
+  close(fd: number): void;
+}
+
+let cached: NativeShim | undefined;
+
+/** Loads build/Release/vxmesh_native.node, built by node-gyp at `npm ci`. */
+export function loadNative(): NativeShim {
+  if (cached === undefined) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    cached = require(nativePath()) as NativeShim;
+  }
+  return cached;
+}
+
+function nativePath(): string {
+  // From dist/encap/native.js or encap/native.ts (tests) the build dir is at the package root.
+  const path = require("node:path") as typeof import("node:path");
+  const fs = require("node:fs") as typeof import("node:fs");
+  let dir = __dirname;
+  for (let i = 0; i < 4; i++) {
+    const candidate = path.join(dir, "build", "Release", "vxmesh_native.node");
+    if (fs.existsSync(candidate)) return candidate;
+    dir = path.dirname(dir);
+  }
+  throw new Error("vxmesh native shim not built: run `npm ci` (node-gyp builds build/Release/vxmesh_native.node)");
+}
