@@ -40,7 +40,8 @@ export interface NativeShim {
   /**
    * read(2) frames from a TAP fd until EAGAIN or `max` frames. Frame i is written at
    * slab[base + i*stride], at most `stride` bytes; its length goes to lens[i].
-   * Returns the number of frames read.
+   * A frame longer than `stride` gets lens[i] = 0xFFFFFFFF (like recvBatch) so the caller
+   * drops it. Returns the number of frames read.
    */
   readFrames(fd: number, slab: Uint8Array, base: number, stride: number, max: number, lens: Uint32Array): number;
 
@@ -61,9 +62,9 @@ export interface NativeShim {
 
   /**
    * sendmmsg(MSG_DONTWAIT): datagram i is slab[offs[i] .. offs[i]+lens[i]) to dstIps[i]:dstPorts[i].
-   * Returns how many the kernel took (stops at EAGAIN). Per-datagram errors other than
-   * EAGAIN (e.g. EHOSTUNREACH, ECONNREFUSED from an earlier ICMP) skip that datagram and go on;
-   * the number skipped is added to `errors[0]`.
+   * Returns how many it consumed: sent, or skipped after an error (stops at EAGAIN/ENOBUFS).
+   * Per-datagram errors such as EHOSTUNREACH or ECONNREFUSED (from an earlier ICMP) skip that
+   * datagram and go on; the number skipped is added to `errors[0]`.
    */
   sendBatch(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array,
     dstIps: Uint32Array, dstPorts: Uint16Array, count: number, errors: Uint32Array): number;

@@ -1,0 +1,141 @@
+// Real vxmesh daemons on the lab's "vxmesh" nodes: one process per node, started inside the
+// node's namespace with the peers file the lab describes, stopped with SIGTERM. Shared by the
+// tests, the demo and the bench.
+
+import type { ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { queryControl } from "../daemon/control-socket";
+import type { DaemonStatus } from "../daemon/daemon";
+import { waitFor, type Lab, type LabNode } from "./lab";
+
+export interface DaemonOptions {
+  /** Extra flags for `vxmesh daemon`. */
+  extraArgs?: readonly string[];
+  /** How long to wait for the control socket to answer. */
+  readyTimeoutMs?: number;
+}
+
+/** The repository root, from either the sources (tests) or dist/ (CLI). */
+export function packageRoot(): string {
+  let dir = __dirname;
+  for (let i = 0; i < 4; i++) {
+    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "binding.gyp"))) return dir;
+    dir = dirname(dir);
+  }
+  throw new Error(`cannot find the vxmesh package root above ${__dirname}`);
+}
+
+export function cliPath(): string {
+  const cli = join(packageRoot(), "dist", "daemon", "cli.js");
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: run \`npm run build\``);
+  return cli;
+}
+
+const LOG_TAIL_BYTES = 64 * 1024;
+
+export class DaemonProcess {
+  private output = "";
+  readonly exited: Promise<number | null>;
+
+  constructor(
+    readonly node: LabNode,
+    readonly runDir: string,
+    readonly child: ChildProcess,
+  ) {
+    const keep = (chunk: Buffer): void => {
+      this.output += chunk.toString("utf8");
+      if (this.output.length > LOG_TAIL_BYTES) this.output = this.output.slice(-LOG_TAIL_BYTES);
+    };
+    child.stdout?.on("data", keep);
+    child.stderr?.on("data", keep);
+    this.exited = new Promise((resolve) => {
+      if (child.exitCode !== null) resolve(child.exitCode);
+      else child.once("exit", (code) => resolve(code));
+    });
+  }
+
+  /** The last 64 KiB the daemon printed (pino JSON lines), for diagnostics. */
+  get log(): string {
+    return this.output;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  status(): Promise<DaemonStatus> {
+    return queryControl(this.runDir, "status") as Promise<DaemonStatus>;
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited within the deadline; returns the exit code. */
+  async stop(deadlineMs = 5000): Promise<number | null> {
+    if (!this.running) return this.exited;
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), deadlineMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/** Starts and tracks daemons for a lab; `stopAll` stops them and removes their files. */
+export class Cluster {
+  readonly daemons = new Map<string, DaemonProcess>();
+  private readonly dir: string;
+
+  constructor(readonly lab: Lab) {
+    this.dir = mkdtempSync(join(tmpdir(), `${lab.prefix}cluster-`));
+  }
+
+  /** Starts a daemon on every "vxmesh" node of the lab, concurrently. */
+  async startAll(options: DaemonOptions = {}): Promise<DaemonProcess[]> {
+    const nodes = this.lab.nodes.filter((n) => n.overlay === "vxmesh");
+    return Promise.all(nodes.map((n) => this.start(n, options)));
+  }
+
+  async start(node: LabNode, options: DaemonOptions = {}): Promise<DaemonProcess> {
+    const peersFile = join(this.dir, `${node.name}-peers.json`);
+    writeFileSync(peersFile, JSON.stringify(this.lab.peersFor(node), null, 2));
+    const runDir = join(this.dir, `${node.name}-run`);
+    const argv = [
+      process.execPath, cliPath(), "daemon",
+      "--node-name", node.name,
+      "--underlay-ip", node.underlayIp,
+      "--subnet", node.subnet,
+      "--peers", peersFile,
+      "--vni", String(node.vni),
+      "--vxlan-port", String(node.port),
+      "--run-dir", runDir,
+      ...(options.extraArgs ?? []),
+    ];
+    const child = this.lab.spawn(node, argv, { env: { ...process.env, VXMESH_LOG_LEVEL: process.env["VXMESH_LOG_LEVEL"] ?? "info" } });
+    const daemon = new DaemonProcess(node, runDir, child);
+    this.daemons.set(node.name, daemon);
+    try {
+      await waitFor(async () => {
+        if (!daemon.running) throw new Error(`daemon on ${node.name} exited (${String(await daemon.exited)}):\n${daemon.log}`);
+        return daemon.status().then(() => true, () => false);
+      }, { timeoutMs: options.readyTimeoutMs ?? 15_000, intervalMs: 50, what: `daemon on ${node.name} to answer on its control socket` });
+    } catch (err) {
+      await daemon.stop();
+      throw err;
+    }
+    return daemon;
+  }
+
+  daemon(nodeName: string): DaemonProcess {
+    const d = this.daemons.get(nodeName);
+    if (d === undefined) throw new Error(`no daemon on ${nodeName}`);
+    return d;
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.daemons.values()].map((d) => d.stop()));
+    this.daemons.clear();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,137 @@
+#!/usr/bin/env node
+// `vxmesh` — one executable, several subcommands.
+
+import { formatHelp, parseFlags, anyText, boolSwitch } from "./flags";
+import { daemonFlags, parseDaemonConfig } from "./config";
+import { queryControl } from "./control-socket";
+import { createLogger } from "./log";
+import { StartupError, startDaemon } from "./daemon";
+
+const USAGE = `usage: vxmesh <command> [flags]
+
+commands:
+  daemon    run the overlay daemon on this node
+  status    show a running daemon's peers and counters
+  demo      build a 3-node lab in network namespaces and show pods talking across nodes
+  help      this text
+
+\`vxmesh <command> --help\` lists a command's flags.`;
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  switch (command) {
+    case "daemon": return runDaemon(rest);
+    case "status": return runStatus(rest);
+    case "demo": {
+      const { runDemo } = await import("./demo");
+      return runDemo(rest);
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE + "\n");
+      return command === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`vxmesh: unknown command ${JSON.stringify(command)}\n\n${USAGE}\n`);
+      return 2;
+  }
+}
+
+async function runDaemon(argv: string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(formatHelp("daemon", "Runs the overlay daemon: creates the TAP, programs routes and neighbours for every peer, forwards pod traffic inside VXLAN.", daemonFlags) + "\n");
+    return 0;
+  }
+  const parsed = parseDaemonConfig(argv, process.env);
+  if (!parsed.ok) {
+    process.stderr.write(`vxmesh daemon: ${parsed.error}\n`);
+    return 2;
+  }
+  const config = parsed.value;
+  const log = createLogger(config.logLevel);
+  let daemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    if (err instanceof StartupError) {
+      log.error(err.message);
+      process.stderr.write(`vxmesh daemon: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
+  }
+  const running = daemon;
+  return new Promise<number>((resolve) => {
+    let exiting = false;
+    const shutdown = (why: string, code: number): void => {
+      if (exiting) return;
+      exiting = true;
+      log.info({ why }, "shutting down");
+      running.stop().then(() => {
+        log.info("stopped; routes, neighbours and the TAP removed");
+        resolve(code);
+      }, (err: unknown) => {
+        log.error({ err }, "shutdown failed");
+        resolve(1);
+      });
+    };
+    process.on("SIGTERM", () => shutdown("SIGTERM", 0));
+    process.on("SIGINT", () => shutdown("SIGINT", 0));
+    void running.failed.then((err) => {
+      log.fatal({ err }, "forwarder thread failed");
+      shutdown("forwarder failure", 1);
+    });
+  });
+}
+
+async function runStatus(argv: string[]): Promise<number> {
+  const flags = {
+    runDir: { name: "run-dir", help: "the daemon's run directory", defaultText: "/run/vxmesh", parse: anyText },
+    json: { name: "json", help: "print JSON", isSwitch: true, parse: boolSwitch },
+  };
+  if (argv.includes("--help")) {
+    process.stdout.write(formatHelp("status", "Shows a running daemon's peers and counters.", flags) + "\n");
+    return 0;
+  }
+  const parsed = parseFlags(flags, argv, process.env);
+  if (!parsed.ok) {
+    process.stderr.write(`vxmesh status: ${parsed.error}\n`);
+    return 2;
+  }
+  try {
+    const status = await queryControl(parsed.values.runDir ?? "/run/vxmesh", "status");
+    if (parsed.values.json) {
+      process.stdout.write(JSON.stringify(status, null, 2) + "\n");
+    } else {
+      process.stdout.write(formatStatus(status as import("./daemon").DaemonStatus));
+    }
+    return 0;
+  } catch (err) {
+    process.stderr.write(`vxmesh status: ${(err as Error).message}\n`);
+    return 1;
+  }
+}
+
+function formatStatus(s: import("./daemon").DaemonStatus): string {
+  const lines = [
+    `node ${s.node}  underlay ${s.underlayIp}  subnet ${s.subnet}  vtep ${s.vtepMac}  vni ${s.vni}  port ${s.vxlanPort}  tap ${s.tap} mtu ${s.mtu}`,
+    "",
+    "peers:",
+    ...s.peers.map((p) => `  ${p.name.padEnd(16)} ${p.underlayIp.padEnd(16)} ${p.subnet.padEnd(18)} ${p.vtepMac}  ${p.path}`),
+    "",
+    "counters:",
+    ...Object.entries(s.counters).filter(([, v]) => v !== 0).map(([k, v]) => `  ${k.padEnd(26)} ${v}`),
+  ];
+  return lines.join("\n") + "\n";
+}
+
+// Exit explicitly: a stopped daemon has nothing left to do, and a stray handle must not keep
+// the process (and so its TAP) alive.
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err: unknown) => {
+    process.stderr.write(`vxmesh: internal error: ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(70);
+  },
+);

@@ -1,0 +1,167 @@
+// The daemon's settings: flags, their validation, and the peers file.
+
+import * as fs from "node:fs";
+import type { Peer } from "../encap/fdb";
+import {
+  formatSubnet, parseIpv4, parseMac, parseSubnet, parseVni, subnetsOverlap, vtepMacFor,
+  type Ipv4, type MacAddr, type Parsed, type Subnet, type Vni,
+} from "../encap/types";
+import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
+import { anyText, intInRange, parseFlags, type FlagSpec } from "./flags";
+
+export interface DaemonConfig {
+  nodeName: string;
+  underlayIp: Ipv4;
+  subnet: Subnet;
+  peersFile: string;
+  vni: Vni;
+  vxlanPort: number;
+  tap: string;
+  vtepMac: MacAddr;
+  /** undefined: underlay MTU − 50. */
+  mtu: number | undefined;
+  runDir: string;
+  logLevel: string;
+  batch: number;
+}
+
+/** The underlay IPv4 + UDP + VXLAN + inner Ethernet headers. */
+export const IPV4_OVERHEAD = 50;
+export const MIN_MTU = 576;
+export const MAX_MTU = 9000;
+
+export function parseNodeName(text: string): Parsed<string> {
+  return /^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/.test(text)
+    ? { ok: true, value: text }
+    : { ok: false, error: "1-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit" };
+}
+
+export function parseIfName(text: string): Parsed<string> {
+  return /^[A-Za-z0-9_.-]{1,15}$/.test(text) && text !== "." && text !== ".."
+    ? { ok: true, value: text }
+    : { ok: false, error: "an interface name of 1-15 characters from A-Z a-z 0-9 _ . -" };
+}
+
+export function parseLogLevel(text: string): Parsed<string> {
+  const levels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+  return levels.includes(text) ? { ok: true, value: text } : { ok: false, error: `one of ${levels.join(", ")}` };
+}
+
+export const daemonFlags = {
+  nodeName: { name: "node-name", help: "this node's name, unique in the cluster", required: true, parse: parseNodeName } satisfies FlagSpec<string>,
+  underlayIp: { name: "underlay-ip", help: "this node's underlay IPv4 address; VXLAN is sent from and received on it", required: true, parse: parseIpv4 } satisfies FlagSpec<Ipv4>,
+  subnet: { name: "subnet", help: "this node's pod subnet, e.g. 10.244.1.0/24", required: true, parse: parseSubnet } satisfies FlagSpec<Subnet>,
+  peers: { name: "peers", help: "JSON file listing the other nodes: [{name, underlayIp, subnet, vtepMac}]", required: true, parse: anyText } satisfies FlagSpec<string>,
+  vni: { name: "vni", help: "VXLAN network identifier, 0-16777215", defaultText: "1", parse: parseVni } satisfies FlagSpec<Vni>,
+  vxlanPort: { name: "vxlan-port", help: "UDP port of VXLAN on the underlay (8472 for flannel's)", defaultText: String(VXLAN_DEFAULT_PORT), parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
+  tap: { name: "tap", help: "name of the TAP device the daemon creates", defaultText: "vxmesh0", parse: parseIfName } satisfies FlagSpec<string>,
+  vtepMac: { name: "vtep-mac", help: "MAC address of this node's VTEP", defaultText: "derived from the node name", parse: parseMac } satisfies FlagSpec<MacAddr>,
+  mtu: { name: "mtu", help: `MTU of the TAP and pods, ${MIN_MTU}-${MAX_MTU}`, defaultText: `underlay MTU − ${IPV4_OVERHEAD}`, parse: intInRange(MIN_MTU, MAX_MTU) } satisfies FlagSpec<number>,
+  runDir: { name: "run-dir", help: "directory for the control socket", defaultText: "/run/vxmesh", parse: anyText } satisfies FlagSpec<string>,
+  logLevel: { name: "log-level", help: "fatal, error, warn, info, debug or trace", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
+  batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
+};
+
+export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<DaemonConfig> {
+  const parsed = parseFlags(daemonFlags, argv, env);
+  if (!parsed.ok) return parsed;
+  if (parsed.positional.length > 0) return { ok: false, error: `unexpected argument ${JSON.stringify(parsed.positional[0])}` };
+  const v = parsed.values;
+  const nodeName = v.nodeName as string;
+  return {
+    ok: true,
+    value: {
+      nodeName,
+      underlayIp: v.underlayIp as Ipv4,
+      subnet: v.subnet as Subnet,
+      peersFile: v.peers as string,
+      vni: v.vni ?? (1 as Vni),
+      vxlanPort: v.vxlanPort ?? VXLAN_DEFAULT_PORT,
+      tap: v.tap ?? "vxmesh0",
+      vtepMac: v.vtepMac ?? vtepMacFor(nodeName),
+      mtu: v.mtu,
+      runDir: v.runDir ?? "/run/vxmesh",
+      logLevel: v.logLevel ?? "info",
+      batch: v.batch ?? 64,
+    },
+  };
+}
+
+/**
+ * Parses a peers file's text. Entries may include this node itself (so every node can share
+ * one file); that entry is skipped. `vtepMac` may be left out, in which case it is derived from
+ * the name exactly as a daemon started without --vtep-mac derives its own.
+ */
+export function parsePeers(text: string, self: { nodeName: string; subnet: Subnet; underlayIp: Ipv4; vtepMac: MacAddr }): Parsed<Peer[]> {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    return { ok: false, error: `not valid JSON (${(err as Error).message})` };
+  }
+  if (!Array.isArray(json)) return { ok: false, error: "expected a JSON array of {name, underlayIp, subnet, vtepMac}" };
+  const peers: Peer[] = [];
+  const names = new Set<string>();
+  for (let i = 0; i < json.length; i++) {
+    const e: unknown = json[i];
+    const where = `entry ${i}`;
+    if (typeof e !== "object" || e === null || Array.isArray(e)) return { ok: false, error: `${where}: expected an object {name, underlayIp, subnet, vtepMac}` };
+    const rec = e as Record<string, unknown>;
+    for (const key of Object.keys(rec)) {
+      if (!["name", "underlayIp", "subnet", "vtepMac"].includes(key)) return { ok: false, error: `${where}: unknown field ${JSON.stringify(key)}; valid fields: name, underlayIp, subnet, vtepMac` };
+    }
+    const field = (key: string): Parsed<string> =>
+      typeof rec[key] === "string" ? { ok: true, value: rec[key] as string } : { ok: false, error: `${where}: field ${JSON.stringify(key)} must be a string` };
+    const nameField = field("name");
+    if (!nameField.ok) return nameField;
+    const name = parseNodeName(nameField.value);
+    if (!name.ok) return { ok: false, error: `${where}: name ${JSON.stringify(nameField.value)} is not valid: expected ${name.error}` };
+    const at = `${where} (${name.value})`;
+    if (names.has(name.value)) return { ok: false, error: `${at}: the name appears twice` };
+    names.add(name.value);
+    if (name.value === self.nodeName) continue;
+
+    const ipField = field("underlayIp");
+    if (!ipField.ok) return ipField;
+    const ip = parseIpv4(ipField.value);
+    if (!ip.ok) return { ok: false, error: `${at}: underlayIp ${JSON.stringify(ipField.value)} is not valid: expected ${ip.error}` };
+    if (ip.value === self.underlayIp) return { ok: false, error: `${at}: underlayIp is this node's own --underlay-ip` };
+
+    const subnetField = field("subnet");
+    if (!subnetField.ok) return subnetField;
+    const subnet = parseSubnet(subnetField.value);
+    if (!subnet.ok) return { ok: false, error: `${at}: subnet ${JSON.stringify(subnetField.value)} is not valid: expected ${subnet.error}` };
+    if (subnetsOverlap(subnet.value, self.subnet)) {
+      return { ok: false, error: `${at}: subnet ${formatSubnet(subnet.value)} overlaps this node's --subnet ${formatSubnet(self.subnet)}` };
+    }
+    for (const other of peers) {
+      if (subnetsOverlap(other.subnet, subnet.value)) {
+        return { ok: false, error: `${at}: subnet ${formatSubnet(subnet.value)} overlaps ${other.name}'s ${formatSubnet(other.subnet)}` };
+      }
+    }
+
+    let vtepMac = vtepMacFor(name.value);
+    if (rec["vtepMac"] !== undefined) {
+      const macField = field("vtepMac");
+      if (!macField.ok) return macField;
+      const mac = parseMac(macField.value);
+      if (!mac.ok) return { ok: false, error: `${at}: vtepMac ${JSON.stringify(macField.value)} is not valid: expected ${mac.error}` };
+      vtepMac = mac.value;
+    }
+    if (vtepMac === self.vtepMac) return { ok: false, error: `${at}: vtepMac is this node's own VTEP MAC` };
+
+    peers.push({ name: name.value, underlayIp: ip.value, subnet: subnet.value, vtepMac, path: "vxlan" });
+  }
+  return { ok: true, value: peers };
+}
+
+export function readPeersFile(file: string, self: Parameters<typeof parsePeers>[1]): Parsed<Peer[]> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    return { ok: false, error: `--peers ${JSON.stringify(file)}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` };
+  }
+  const parsed = parsePeers(text, self);
+  return parsed.ok ? parsed : { ok: false, error: `--peers ${JSON.stringify(file)}: ${parsed.error}` };
+}

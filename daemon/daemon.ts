@@ -1,0 +1,149 @@
+// The composition root for `vxmesh daemon`: TAP + underlay socket + host plumbing +
+// forwarder thread + control socket, and a shutdown that removes everything it made.
+
+import type { Server } from "node:net";
+import { Forwarder } from "../encap/forwarder";
+import type { Peer } from "../encap/fdb";
+import { loadNative, type NativeShim } from "../encap/native";
+import { formatIpv4, formatMac, formatSubnet } from "../encap/types";
+import { HostPlumbing } from "../control/host-plumbing";
+import { findUnderlayInterface } from "../control/underlay";
+import { IPV4_OVERHEAD, MIN_MTU, readPeersFile, type DaemonConfig } from "./config";
+import { closeControl, listenControl } from "./control-socket";
+import type { Logger } from "./log";
+
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/** A start-up failure the operator can fix; its message is the whole story. */
+export class StartupError extends Error {
+  override readonly name = "StartupError";
+}
+
+export interface RunningDaemon {
+  status(): DaemonStatus;
+  /** Leaves nothing behind: forwarder stopped, routes and neighbours removed, TAP closed. */
+  stop(): Promise<void>;
+  /** Resolves if the forwarder thread dies on its own (a bug); the daemon must then exit. */
+  readonly failed: Promise<Error>;
+}
+
+export interface DaemonStatus {
+  node: string;
+  underlayIp: string;
+  subnet: string;
+  vtepMac: string;
+  vni: number;
+  vxlanPort: number;
+  tap: string;
+  mtu: number;
+  peers: { name: string; underlayIp: string; subnet: string; vtepMac: string; path: string }[];
+  counters: Record<string, number>;
+}
+
+export async function startDaemon(config: DaemonConfig, log: Logger): Promise<RunningDaemon> {
+  const peersParsed = readPeersFile(config.peersFile, config);
+  if (!peersParsed.ok) throw new StartupError(peersParsed.error);
+  const peers = peersParsed.value;
+
+  const underlay = await findUnderlayInterface(config.underlayIp);
+  if (!underlay.ok) throw new StartupError(underlay.error);
+  const maxMtu = underlay.value.mtu - IPV4_OVERHEAD;
+  if (config.mtu !== undefined && config.mtu > maxMtu) {
+    throw new StartupError(`--mtu ${config.mtu} is too large: the underlay ${underlay.value.ifname} has MTU ${underlay.value.mtu}, so at most ${maxMtu} fits inside VXLAN`);
+  }
+  const mtu = config.mtu ?? maxMtu;
+  if (mtu < MIN_MTU) {
+    throw new StartupError(`the underlay ${underlay.value.ifname} has MTU ${underlay.value.mtu}, leaving ${mtu} for pods, below the minimum ${MIN_MTU}`);
+  }
+
+  const native = loadNative();
+  const cleanups: (() => Promise<void> | void)[] = [];
+  const undo = async (): Promise<void> => {
+    for (const fn of cleanups.splice(0).reverse()) {
+      try { await fn(); } catch (err) { log.warn({ err }, "cleanup step failed"); }
+    }
+  };
+
+  try {
+    const tap = openTap(native, config.tap);
+    cleanups.push(() => native.close(tap.fd));
+    const udpFd = openUdp(native, config);
+    cleanups.push(() => native.close(udpFd));
+
+    const plumbing = await HostPlumbing.open();
+    cleanups.push(() => plumbing.close());
+    await plumbing.configureTap({ ifname: tap.name, mac: config.vtepMac, mtu, address: config.subnet.network });
+    cleanups.push(() => plumbing.removeAll(tap.name).then(() => undefined));
+    const changes = await plumbing.setPeers(tap.name, peers.map((p) => ({ subnet: p.subnet, vtepMac: p.vtepMac })));
+
+    const forwarder = await Forwarder.start({
+      tapFd: tap.fd, udpFd, peers,
+      core: { vni: config.vni, port: config.vxlanPort, mtu, batch: config.batch },
+    });
+    cleanups.push(() => forwarder.stop());
+
+    const status = (): DaemonStatus => ({
+      node: config.nodeName,
+      underlayIp: formatIpv4(config.underlayIp),
+      subnet: formatSubnet(config.subnet),
+      vtepMac: formatMac(config.vtepMac),
+      vni: config.vni,
+      vxlanPort: config.vxlanPort,
+      tap: tap.name,
+      mtu,
+      peers: peers.map(describePeer),
+      counters: forwarder.counters(),
+    });
+
+    const server: Server = await listenControl(config.runDir, (req) => {
+      if (req.op === "status") return status();
+      throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status`);
+    });
+    cleanups.push(() => closeControl(server, config.runDir));
+
+    log.info({
+      node: config.nodeName, vtepMac: formatMac(config.vtepMac), underlay: `${formatIpv4(config.underlayIp)} (${underlay.value.ifname})`,
+      subnet: formatSubnet(config.subnet), vni: config.vni, vxlanPort: config.vxlanPort, tap: tap.name, mtu,
+      peers: peers.length, routes: changes, controlSocket: config.runDir,
+    }, "vxmesh forwarding");
+
+    const failed = new Promise<Error>((resolve) => forwarder.onFailure(resolve));
+    let stopping: Promise<void> | undefined;
+    return {
+      status,
+      failed,
+      stop: () => (stopping ??= undo()),
+    };
+  } catch (err) {
+    await undo();
+    throw err;
+  }
+}
+
+function describePeer(p: Peer): DaemonStatus["peers"][number] {
+  return { name: p.name, underlayIp: formatIpv4(p.underlayIp), subnet: formatSubnet(p.subnet), vtepMac: formatMac(p.vtepMac), path: p.path };
+}
+
+function openTap(native: NativeShim, name: string): { fd: number; name: string } {
+  try {
+    return native.tapOpen(name);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EBUSY") throw new StartupError(`--tap ${name}: the device is in use by another process`);
+    if (code === "EPERM" || code === "EACCES") throw new StartupError(`--tap ${name}: creating a TAP device needs CAP_NET_ADMIN (${code})`);
+    if (code === "ENOENT") throw new StartupError("/dev/net/tun is missing: load the tun module (modprobe tun)");
+    throw err;
+  }
+}
+
+function openUdp(native: NativeShim, config: DaemonConfig): number {
+  try {
+    return native.udpOpen(config.underlayIp, config.vxlanPort, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EADDRINUSE") {
+      throw new StartupError(`--vxlan-port ${config.vxlanPort}: UDP ${formatIpv4(config.underlayIp)}:${config.vxlanPort} is already in use (a kernel VXLAN device or another daemon?)`);
+    }
+    throw err;
+  }
+}

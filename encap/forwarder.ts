@@ -1,0 +1,135 @@
+// The daemon's handle on the forwarder thread.
+
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Worker } from "node:worker_threads";
+import { newCounterBuffer, snapshotCounters } from "./counters";
+import { ForwardingTable, type Peer } from "./fdb";
+import type { ForwarderCoreOptions } from "./forwarder-core";
+import { loadNative } from "./native";
+
+export interface ForwarderWorkerData {
+  tapFd: number;
+  udpFd: number;
+  wakeFd: number;
+  counters: SharedArrayBuffer;
+  core: ForwarderCoreOptions;
+  peers: readonly Peer[];
+}
+
+export type ToWorker =
+  | { type: "stop" }
+  | { type: "peers"; generation: number; peers: readonly Peer[] };
+
+type FromWorker =
+  | { type: "ready" }
+  | { type: "stopped" }
+  | { type: "peers-applied"; generation: number; error?: string };
+
+export interface ForwarderOptions {
+  tapFd: number;
+  udpFd: number;
+  core: ForwarderCoreOptions;
+  peers: readonly Peer[];
+}
+
+export class Forwarder {
+  private generation = 0;
+  private readonly pending = new Map<number, (error?: string) => void>();
+  private exited = false;
+  private stopping = false;
+
+  private constructor(
+    private readonly worker: Worker,
+    private readonly wakeFd: number,
+    private readonly counterView: Float64Array,
+  ) {
+    worker.on("message", (msg: FromWorker) => {
+      if (msg.type === "peers-applied") {
+        this.pending.get(msg.generation)?.(msg.error);
+        this.pending.delete(msg.generation);
+      }
+    });
+  }
+
+  /** Starts the forwarder thread; resolves once it is polling. */
+  static async start(options: ForwarderOptions): Promise<Forwarder> {
+    const built = ForwardingTable.build(options.peers);
+    if (!built.ok) throw new Error(built.error);
+    const native = loadNative();
+    const wakeFd = native.eventfdOpen();
+    const counters = newCounterBuffer();
+    const data: ForwarderWorkerData = {
+      tapFd: options.tapFd, udpFd: options.udpFd, wakeFd, counters, core: options.core, peers: options.peers,
+    };
+    const worker = new Worker(workerScript(), { workerData: data });
+    const forwarder = new Forwarder(worker, wakeFd, new Float64Array(counters));
+    await new Promise<void>((resolve, reject) => {
+      const onMessage = (msg: FromWorker): void => {
+        if (msg.type === "ready") { cleanup(); resolve(); }
+      };
+      const onError = (err: Error): void => { cleanup(); reject(err); };
+      const onExit = (code: number): void => { cleanup(); reject(new Error(`forwarder thread exited with code ${code} before it started`)); };
+      const cleanup = (): void => {
+        worker.off("message", onMessage);
+        worker.off("error", onError);
+        worker.off("exit", onExit);
+      };
+      worker.on("message", onMessage);
+      worker.on("error", onError);
+      worker.on("exit", onExit);
+    });
+    worker.on("exit", () => { forwarder.exited = true; });
+    return forwarder;
+  }
+
+  /** Swaps in a new forwarding table; resolves when the thread uses it. */
+  setPeers(peers: readonly Peer[]): Promise<void> {
+    const built = ForwardingTable.build(peers);
+    if (!built.ok) return Promise.reject(new Error(built.error));
+    const generation = ++this.generation;
+    return new Promise((resolve, reject) => {
+      this.pending.set(generation, (error) => (error === undefined ? resolve() : reject(new Error(error))));
+      this.send({ type: "peers", generation, peers });
+    });
+  }
+
+  counters(): Record<string, number> {
+    return snapshotCounters(this.counterView);
+  }
+
+  get counterArray(): Float64Array {
+    return this.counterView;
+  }
+
+  /** Calls back once if the thread dies without being asked to stop. */
+  onFailure(callback: (err: Error) => void): void {
+    this.worker.once("error", callback);
+    this.worker.once("exit", (code) => {
+      if (!this.stopping) callback(new Error(`forwarder thread exited with code ${code}`));
+    });
+  }
+
+  /** Stops the thread; the TAP and socket stay open (the caller owns them). */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (!this.exited) {
+      const exited = new Promise<void>((resolve) => this.worker.once("exit", () => resolve()));
+      this.send({ type: "stop" });
+      await exited;
+    }
+    loadNative().close(this.wakeFd);
+  }
+
+  private send(msg: ToWorker): void {
+    this.worker.postMessage(msg);
+    loadNative().eventfdSignal(this.wakeFd);
+  }
+}
+
+/** The compiled worker script; tests that import the TypeScript sources use the built copy. */
+function workerScript(): string {
+  const beside = path.join(__dirname, "forwarder-worker.js");
+  if (fs.existsSync(beside)) return beside;
+  return path.join(__dirname, "..", "dist", "encap", "forwarder-worker.js");
+}
