@@ -4,7 +4,6 @@
 
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { queryControl } from "../daemon/control-socket";
 import type { DaemonStatus } from "../daemon/daemon";
@@ -88,7 +87,7 @@ export class Cluster {
   private readonly dir: string;
 
   constructor(readonly lab: Lab) {
-    this.dir = mkdtempSync(join(tmpdir(), `${lab.prefix}cluster-`));
+    this.dir = mkdtempSync(join(lab.workDir(), "cluster-"));
   }
 
   /** Starts a daemon on every "vxmesh" node of the lab, concurrently. */

@@ -591,7 +591,7 @@ export class Lab {
   private readonly children = new Set<ChildProcess>();
   private teardownPromise: Promise<void> | undefined;
   private dead = false;
-  private captureDir: string | undefined;
+  private workDirPath: string | undefined;
   private captureCounter = 0;
   private readonly pendingNs = new Set<Promise<unknown>>();
 
@@ -951,13 +951,22 @@ export class Lab {
   }
 
   /**
+   * A temporary directory for this lab's files (captures, daemons' peers files and run
+   * dirs); teardown removes it with the namespaces.
+   */
+  workDir(): string {
+    this.alive();
+    if (this.workDirPath === undefined) this.workDirPath = mkdtempSync(join(tmpdir(), this.prefix));
+    return this.workDirPath;
+  }
+
+  /**
    * Starts tshark on an interface inside a namespace, writing a pcapng file in the lab's
    * temporary directory; resolves once tshark reports that it is capturing.
    */
   async startCapture(ns: NsRef, opts: CaptureOptions = {}): Promise<Capture> {
     this.alive();
-    if (this.captureDir === undefined) this.captureDir = mkdtempSync(join(tmpdir(), this.prefix));
-    const file = join(this.captureDir, `cap${++this.captureCounter}.pcapng`);
+    const file = join(this.workDir(), `cap${++this.captureCounter}.pcapng`);
     const argv = ["tshark", "-n", "-q", "-i", opts.iface ?? "eth0", "-a", `duration:${opts.durationS ?? 20}`, "-w", file];
     if (opts.filter !== undefined) argv.push("-f", opts.filter);
     if (opts.count !== undefined) argv.push("-c", String(opts.count));
@@ -1060,7 +1069,7 @@ export class Lab {
       const mine = new Set(this.nsSet);
       for (const n of await listNetns()) if (n.startsWith(this.prefix)) mine.add(n);
       await destroyNamespaces([...mine], 1000);
-      this.removeCaptureDir();
+      this.removeWorkDir();
     } finally {
       liveLabs.delete(this);
       if (liveLabs.size === 0) removeHandlers();
@@ -1090,19 +1099,19 @@ export class Lab {
     if (names.size > 0) {
       spawnSync("ip", ["-force", "-batch", "-"], { input: [...names].map((n) => `netns del ${n}`).join("\n") + "\n" });
     }
-    this.removeCaptureDir();
+    this.removeWorkDir();
     liveLabs.delete(this);
     if (liveLabs.size === 0) removeHandlers();
   }
 
-  private removeCaptureDir(): void {
-    if (this.captureDir === undefined) return;
+  private removeWorkDir(): void {
+    if (this.workDirPath === undefined) return;
     try {
-      rmSync(this.captureDir, { recursive: true, force: true });
+      rmSync(this.workDirPath, { recursive: true, force: true });
     } catch {
       /* best effort */
     }
-    this.captureDir = undefined;
+    this.workDirPath = undefined;
   }
 }
 

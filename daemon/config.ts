@@ -7,7 +7,7 @@ import {
   type Ipv4, type MacAddr, type Parsed, type Subnet, type Vni,
 } from "../encap/types";
 import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
-import { anyText, intInRange, parseFlags, type FlagSpec } from "./flags";
+import { anyText, boolSwitch, intInRange, parseFlags, type FlagSpec } from "./flags";
 
 export interface DaemonConfig {
   nodeName: string;
@@ -23,6 +23,8 @@ export interface DaemonConfig {
   runDir: string;
   logLevel: string;
   batch: number;
+  sourcePorts: number;
+  offload: boolean;
 }
 
 /** The underlay IPv4 + UDP + VXLAN + inner Ethernet headers. */
@@ -60,6 +62,8 @@ export const daemonFlags = {
   runDir: { name: "run-dir", help: "directory for the control socket", defaultText: "/run/vxmesh", parse: anyText } satisfies FlagSpec<string>,
   logLevel: { name: "log-level", help: "fatal, error, warn, info, debug or trace", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
+  offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
 };
 
 export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<DaemonConfig> {
@@ -83,6 +87,8 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
       runDir: v.runDir ?? "/run/vxmesh",
       logLevel: v.logLevel ?? "info",
       batch: v.batch ?? 64,
+      sourcePorts: v.sourcePorts ?? 8,
+      offload: v.offload ?? true,
     },
   };
 }

@@ -1,6 +1,7 @@
 // The composition root for `vxmesh daemon`: TAP + underlay socket + host plumbing +
 // forwarder thread + control socket, and a shutdown that removes everything it made.
 
+import { writeFileSync } from "node:fs";
 import type { Server } from "node:net";
 import { Forwarder } from "../encap/forwarder";
 import type { Peer } from "../encap/fdb";
@@ -8,11 +9,14 @@ import { loadNative, type NativeShim } from "../encap/native";
 import { formatIpv4, formatMac, formatSubnet } from "../encap/types";
 import { HostPlumbing } from "../control/host-plumbing";
 import { findUnderlayInterface } from "../control/underlay";
+import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
 import { IPV4_OVERHEAD, MIN_MTU, readPeersFile, type DaemonConfig } from "./config";
 import { closeControl, listenControl } from "./control-socket";
 import type { Logger } from "./log";
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+/** Super-frames per TAP read burst and GRO runs per recvmmsg (each up to 64 KB). */
+const OFFLOAD_BATCHES = { tapBatch: 16, rxBatch: 16 };
 
 /** A start-up failure the operator can fix; its message is the whole story. */
 export class StartupError extends Error {
@@ -65,10 +69,22 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   };
 
   try {
-    const tap = openTap(native, config.tap);
+    const tap = openTap(native, config.tap, config.offload);
     cleanups.push(() => native.close(tap.fd));
+    // With checksum and TSO offload on, the kernel hands the TAP 64 KB TCP super-frames and
+    // leaves checksums partial; the forwarder segments and completes them.
+    if (config.offload) native.tapSetOffload(tap.fd, TUN_F_CSUM | TUN_F_TSO4);
+    disableIpv6(tap.name, log);
     const udpFd = openUdp(native, config);
     cleanups.push(() => native.close(udpFd));
+    if (config.offload) native.udpSetGro(udpFd, true);
+    const sendFds: number[] = [];
+    for (let i = 0; i < config.sourcePorts; i++) {
+      // Port 0: the kernel picks from its ephemeral range, as it does for its own VXLAN.
+      const fd = native.udpOpen(config.underlayIp, 0, 0, SOCKET_BUFFER_BYTES);
+      cleanups.push(() => native.close(fd));
+      sendFds.push(fd);
+    }
 
     const plumbing = await HostPlumbing.open();
     cleanups.push(() => plumbing.close());
@@ -77,8 +93,9 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     const changes = await plumbing.setPeers(tap.name, peers.map((p) => ({ subnet: p.subnet, vtepMac: p.vtepMac })));
 
     const forwarder = await Forwarder.start({
-      tapFd: tap.fd, udpFd, peers,
-      core: { vni: config.vni, port: config.vxlanPort, mtu, batch: config.batch },
+      tapFd: tap.fd, udpFd, sendFds, peers,
+      core: { vni: config.vni, port: config.vxlanPort, mtu, batch: config.batch, sourcePorts: config.sourcePorts },
+      offload: config.offload ? OFFLOAD_BATCHES : undefined,
     });
     cleanups.push(() => forwarder.stop());
 
@@ -104,7 +121,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     log.info({
       node: config.nodeName, vtepMac: formatMac(config.vtepMac), underlay: `${formatIpv4(config.underlayIp)} (${underlay.value.ifname})`,
       subnet: formatSubnet(config.subnet), vni: config.vni, vxlanPort: config.vxlanPort, tap: tap.name, mtu,
-      peers: peers.length, routes: changes, controlSocket: config.runDir,
+      peers: peers.length, routes: changes, controlSocket: config.runDir, offload: config.offload,
     }, "vxmesh forwarding");
 
     const failed = new Promise<Error>((resolve) => forwarder.onFailure(resolve));
@@ -124,15 +141,27 @@ function describePeer(p: Peer): DaemonStatus["peers"][number] {
   return { name: p.name, underlayIp: formatIpv4(p.underlayIp), subnet: formatSubnet(p.subnet), vtepMac: formatMac(p.vtepMac), path: p.path };
 }
 
-function openTap(native: NativeShim, name: string): { fd: number; name: string } {
+function openTap(native: NativeShim, name: string, vnetHdr: boolean): { fd: number; name: string } {
   try {
-    return native.tapOpen(name);
+    return native.tapOpen(name, { vnetHdr });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EBUSY") throw new StartupError(`--tap ${name}: the device is in use by another process`);
     if (code === "EPERM" || code === "EACCES") throw new StartupError(`--tap ${name}: creating a TAP device needs CAP_NET_ADMIN (${code})`);
     if (code === "ENOENT") throw new StartupError("/dev/net/tun is missing: load the tun module (modprobe tun)");
     throw err;
+  }
+}
+
+/**
+ * The overlay carries IPv4 only for now; without this the kernel would send IPv6 neighbour
+ * discovery and MLD out of the TAP, which the forwarder can only drop.
+ */
+function disableIpv6(ifname: string, log: Logger): void {
+  try {
+    writeFileSync(`/proc/sys/net/ipv6/conf/${ifname}/disable_ipv6`, "1");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") log.warn({ err }, "could not disable IPv6 on the TAP");
   }
 }
 

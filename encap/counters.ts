@@ -18,6 +18,12 @@ export enum Counter {
   /** Forwarder wake-ups and the frames they moved (batch size = frames / batches). */
   TapReadBatches,
   UdpRecvBatches,
+  /** Fast path: TCP super-frames read from the TAP and cut into segments. */
+  TapRxSuperFrames,
+  /** Fast path: UDP_GRO runs received (several datagrams in one entry). */
+  UdpRxGroRuns,
+  /** Fast path: super-frames written to the TAP after merging segments. */
+  TapTxSuperFrames,
   // Drops, by reason.
   DropRunt,
   DropMissingIFlag,
@@ -32,6 +38,8 @@ export enum Counter {
   DropTapQueueFull,
   DropUdpQueueFull,
   DropSendError,
+  /** A virtio_net_hdr asked for something we cannot do (bad offsets, unsupported GSO type). */
+  DropBadOffload,
 }
 
 export const COUNTER_COUNT = Object.keys(Counter).filter((k) => Number.isNaN(Number(k))).length;

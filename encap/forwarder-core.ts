@@ -8,8 +8,8 @@
 // frame is written to the TAP straight from udpSlab[i*udpStride + 8].
 
 import { Counter } from "./counters";
-import type { ForwardingTable } from "./fdb";
-import { ETH_HEADER_LEN, ETHERTYPE_IPV4, MIN_IPV4_FRAME, dstMac, etherType, ipv4Src, isGroupDestination } from "./frame";
+import type { FdbEntry, ForwardingTable } from "./fdb";
+import { ETH_HEADER_LEN, ETHERTYPE_IPV4, MIN_IPV4_FRAME, dstMac, etherType, flowHash, ipv4Src, isGroupDestination } from "./frame";
 import type { Vni } from "./types";
 import { VXLAN_HEADER_LEN, VxlanVerdict, checkVxlan, writeVxlanHeader } from "./vxlan";
 
@@ -21,6 +21,21 @@ export interface ForwarderCoreOptions {
   mtu: number;
   /** Frames per batch. */
   batch: number;
+  /**
+   * Number of underlay sockets datagrams leave from, each with its own source port; a flow
+   * always uses the same one. This is how the outer source port carries the inner flow's
+   * entropy for ECMP (a socket cannot choose a source port per datagram).
+   */
+  sourcePorts: number;
+}
+
+/** Datagrams bound for one source socket, ready for a sendmmsg. */
+export interface SendQueue {
+  readonly offs: Uint32Array;
+  readonly lens: Uint32Array;
+  readonly ips: Uint32Array;
+  readonly ports: Uint16Array;
+  count: number;
 }
 
 /** Marks a datagram the kernel truncated because it was longer than the slot (see native.ts). */
@@ -42,10 +57,8 @@ export class ForwarderCore {
   readonly tapStride: number;
   readonly tapSlab: Uint8Array;
   readonly tapLens: Uint32Array;
-  readonly sendOffs: Uint32Array;
-  readonly sendLens: Uint32Array;
-  readonly sendIps: Uint32Array;
-  readonly sendPorts: Uint16Array;
+  /** One queue per source socket. */
+  readonly sendQueues: readonly SendQueue[];
 
   readonly udpStride: number;
   readonly udpSlab: Uint8Array;
@@ -72,10 +85,9 @@ export class ForwarderCore {
     // The last slot's frame starts VXLAN_HEADER_LEN in, so the slab runs that far past b slots.
     this.tapSlab = new Uint8Array(b * this.tapStride + VXLAN_HEADER_LEN);
     this.tapLens = new Uint32Array(b);
-    this.sendOffs = new Uint32Array(b);
-    this.sendLens = new Uint32Array(b);
-    this.sendIps = new Uint32Array(b);
-    this.sendPorts = new Uint16Array(b);
+    this.sendQueues = Array.from({ length: Math.max(1, options.sourcePorts) }, () => ({
+      offs: new Uint32Array(b), lens: new Uint32Array(b), ips: new Uint32Array(b), ports: new Uint16Array(b), count: 0,
+    }));
     this.udpSlab = new Uint8Array(b * this.udpStride);
     this.udpLens = new Uint32Array(b);
     this.udpSrcIps = new Uint32Array(b);
@@ -85,45 +97,30 @@ export class ForwarderCore {
   }
 
   /**
-   * Encapsulates `count` frames read from the TAP. Fills sendOffs/sendLens/sendIps/sendPorts
-   * and returns how many datagrams to send.
+   * Encapsulates `count` frames read from the TAP into the send queues (one per source
+   * socket, chosen by the inner flow's hash) and returns how many datagrams to send.
    */
   encapsulate(count: number): number {
     const c = this.counters;
     const slab = this.tapSlab;
     const table = this.table;
+    const queues = this.sendQueues;
+    const nQueues = queues.length;
+    for (let q = 0; q < nQueues; q++) (queues[q] as SendQueue).count = 0;
     let out = 0;
     c[Counter.TapReadBatches]! += 1;
     for (let i = 0; i < count; i++) {
       const len = this.tapLens[i] as number;
       const slot = i * this.tapStride;
-      const frame = slot + VXLAN_HEADER_LEN;
-      c[Counter.TapRxFrames]! += 1;
-      c[Counter.TapRxBytes]! += len;
-      if (len < ETH_HEADER_LEN) {
-        c[Counter.DropRunt]! += 1;
-        continue;
-      }
-      if (len > this.maxFrame) {
-        c[Counter.DropTruncated]! += 1;
-        continue;
-      }
-      if (isGroupDestination(slab, frame)) {
-        // ARP and IPv6 neighbour discovery: the control plane programs neighbours, so
-        // nothing needs flooding across the overlay.
-        c[Counter.DropGroupDestination]! += 1;
-        continue;
-      }
-      const entry = table.byVtepMac(dstMac(slab, frame));
-      if (entry === undefined) {
-        c[Counter.DropNoRoute]! += 1;
-        continue;
-      }
+      const entry = routeFrame(c, table, slab, slot + VXLAN_HEADER_LEN, len, this.maxFrame);
+      if (entry === undefined) continue;
       writeVxlanHeader(slab, slot, this.vni);
-      this.sendOffs[out] = slot;
-      this.sendLens[out] = VXLAN_HEADER_LEN + len;
-      this.sendIps[out] = entry.underlayIp;
-      this.sendPorts[out] = this.port;
+      const queue = queues[nQueues === 1 ? 0 : flowHash(slab, slot + VXLAN_HEADER_LEN, len) % nQueues] as SendQueue;
+      const n = queue.count++;
+      queue.offs[n] = slot;
+      queue.lens[n] = VXLAN_HEADER_LEN + len;
+      queue.ips[n] = entry.underlayIp;
+      queue.ports[n] = this.port;
       out++;
     }
     return out;
@@ -144,53 +141,88 @@ export class ForwarderCore {
     for (let i = 0; i < count; i++) {
       const len = this.udpLens[i] as number;
       const off = i * this.udpStride;
-      c[Counter.UdpRxDatagrams]! += 1;
-      if (len === TRUNCATED || len - VXLAN_HEADER_LEN > this.maxFrame) {
-        c[Counter.DropTruncated]! += 1;
-        continue;
-      }
-      c[Counter.UdpRxBytes]! += len;
-      switch (checkVxlan(slab, off, len, vni)) {
-        case VxlanVerdict.Ok:
-          break;
-        case VxlanVerdict.Runt:
-          c[Counter.DropRunt]! += 1;
-          continue;
-        case VxlanVerdict.MissingIFlag:
-          c[Counter.DropMissingIFlag]! += 1;
-          continue;
-        case VxlanVerdict.ReservedBits:
-          c[Counter.DropReservedBits]! += 1;
-          continue;
-        case VxlanVerdict.WrongVni:
-          c[Counter.DropWrongVni]! += 1;
-          continue;
-      }
-      const entry = table.byUnderlayIp(this.udpSrcIps[i] as number);
-      if (entry === undefined) {
-        c[Counter.DropUnknownVtep]! += 1;
-        continue;
-      }
-      const frame = off + VXLAN_HEADER_LEN;
-      const frameLen = len - VXLAN_HEADER_LEN;
-      if (etherType(slab, frame) !== ETHERTYPE_IPV4) {
-        c[Counter.DropUnsupportedInner]! += 1;
-        continue;
-      }
-      if (frameLen < MIN_IPV4_FRAME) {
-        c[Counter.DropRunt]! += 1;
-        continue;
-      }
-      // A peer speaks only for its own pod subnet; anything else would let it inject
-      // traffic that looks like it came from another node's pods.
-      if (((ipv4Src(slab, frame) & entry.mask) >>> 0) !== entry.network) {
-        c[Counter.DropSpoofedSource]! += 1;
-        continue;
-      }
-      this.writeOffs[out] = frame;
-      this.writeLens[out] = frameLen;
+      if (!acceptDatagram(c, table, vni, slab, off, len, this.udpSrcIps[i] as number, this.maxFrame)) continue;
+      this.writeOffs[out] = off + VXLAN_HEADER_LEN;
+      this.writeLens[out] = len - VXLAN_HEADER_LEN;
       out++;
     }
     return out;
   }
+}
+
+/**
+ * The checks on a frame read from the TAP: returns the peer it goes to, or counts why it is
+ * dropped and returns undefined.
+ */
+export function routeFrame(c: Float64Array, table: ForwardingTable, slab: Uint8Array, frame: number, len: number, maxFrame: number): FdbEntry | undefined {
+  c[Counter.TapRxFrames]! += 1;
+  c[Counter.TapRxBytes]! += len;
+  if (len < ETH_HEADER_LEN) {
+    c[Counter.DropRunt]! += 1;
+    return undefined;
+  }
+  if (len > maxFrame) {
+    c[Counter.DropTruncated]! += 1;
+    return undefined;
+  }
+  if (isGroupDestination(slab, frame)) {
+    // ARP and IPv6 neighbour discovery: the control plane programs neighbours, so
+    // nothing needs flooding across the overlay.
+    c[Counter.DropGroupDestination]! += 1;
+    return undefined;
+  }
+  const entry = table.byVtepMac(dstMac(slab, frame));
+  if (entry === undefined) c[Counter.DropNoRoute]! += 1;
+  return entry;
+}
+
+/**
+ * The checks on one datagram from the underlay at slab[off .. off+len): true when it is exactly
+ * ours and its inner frame (at off + 8) may go to the TAP; otherwise the reason is counted.
+ * Never throws.
+ */
+export function acceptDatagram(c: Float64Array, table: ForwardingTable, vni: Vni, slab: Uint8Array, off: number, len: number, srcIp: number, maxFrame: number): boolean {
+  c[Counter.UdpRxDatagrams]! += 1;
+  if (len === TRUNCATED || len - VXLAN_HEADER_LEN > maxFrame) {
+    c[Counter.DropTruncated]! += 1;
+    return false;
+  }
+  c[Counter.UdpRxBytes]! += len;
+  switch (checkVxlan(slab, off, len, vni)) {
+    case VxlanVerdict.Ok:
+      break;
+    case VxlanVerdict.Runt:
+      c[Counter.DropRunt]! += 1;
+      return false;
+    case VxlanVerdict.MissingIFlag:
+      c[Counter.DropMissingIFlag]! += 1;
+      return false;
+    case VxlanVerdict.ReservedBits:
+      c[Counter.DropReservedBits]! += 1;
+      return false;
+    case VxlanVerdict.WrongVni:
+      c[Counter.DropWrongVni]! += 1;
+      return false;
+  }
+  const entry = table.byUnderlayIp(srcIp);
+  if (entry === undefined) {
+    c[Counter.DropUnknownVtep]! += 1;
+    return false;
+  }
+  const frame = off + VXLAN_HEADER_LEN;
+  if (etherType(slab, frame) !== ETHERTYPE_IPV4) {
+    c[Counter.DropUnsupportedInner]! += 1;
+    return false;
+  }
+  if (len - VXLAN_HEADER_LEN < MIN_IPV4_FRAME) {
+    c[Counter.DropRunt]! += 1;
+    return false;
+  }
+  // A peer speaks only for its own pod subnet; anything else would let it inject
+  // traffic that looks like it came from another node's pods.
+  if (((ipv4Src(slab, frame) & entry.mask) >>> 0) !== entry.network) {
+    c[Counter.DropSpoofedSource]! += 1;
+    return false;
+  }
+  return true;
 }

@@ -2,14 +2,25 @@
 // batches between them. It never returns to its event loop while running; control messages
 // (a new table, stop) are pulled synchronously when the wake fd fires.
 
-import { parentPort, receiveMessageOnPort, workerData } from "node:worker_threads";
+import { parentPort, receiveMessageOnPort, workerData, type MessagePort } from "node:worker_threads";
 import { Counter } from "./counters";
 import { ForwardingTable } from "./fdb";
-import { ForwarderCore } from "./forwarder-core";
-import { loadNative } from "./native";
+import { ForwarderCore, type SendQueue } from "./forwarder-core";
+import { loadNative, type NativeShim } from "./native";
+import { OffloadCore, type GsoSendQueue } from "./offload-core";
+import { VNET_HDR_LEN } from "./offload";
 import type { ForwarderWorkerData, ToWorker } from "./forwarder";
 
 const POLL_TIMEOUT_MS = 1000;
+/** The shim moves at most this many entries per call. */
+const NATIVE_BATCH_MAX = 256;
+
+/** One direction-pair of work per wake; both cores implement it. */
+interface Pump {
+  table: ForwardingTable;
+  fromTap(): void;
+  fromUnderlay(): void;
+}
 
 function main(): void {
   const port = parentPort;
@@ -19,73 +30,131 @@ function main(): void {
   const counters = new Float64Array(data.counters);
   const initial = ForwardingTable.build(data.peers);
   if (!initial.ok) throw new Error(initial.error);
-  const core = new ForwarderCore(data.core, initial.table, counters);
+  if (data.sendFds.length !== Math.max(1, data.core.sourcePorts)) throw new Error("one send socket per source port is needed");
+
+  const pump = data.offload
+    ? offloadPump(native, data, new OffloadCore({ ...data.core, tapBatch: data.offload.tapBatch, rxBatch: data.offload.rxBatch },
+      initial.table, counters, native.checksum), counters)
+    : plainPump(native, data, new ForwarderCore(data.core, initial.table, counters), counters);
+
   const fds = Int32Array.of(data.tapFd, data.udpFd, data.wakeFd);
   const revents = new Int32Array(3);
-  const sendErrors = new Uint32Array(1);
-
   port.postMessage({ type: "ready" });
 
-  let running = true;
-  while (running) {
+  while (true) {
     native.pollIn(fds, revents, POLL_TIMEOUT_MS);
-
     if (revents[2] !== 0) {
       native.eventfdDrain(data.wakeFd);
-      for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
-        const msg = m.message as ToWorker;
-        if (msg.type === "stop") running = false;
-        else if (msg.type === "peers") {
-          const built = ForwardingTable.build(msg.peers);
-          // The daemon validated the peers before sending; a failure here is a bug, and the
-          // old table stays in force rather than forwarding on an ambiguous one.
-          if (built.ok) core.table = built.table;
-          port.postMessage({ type: "peers-applied", generation: msg.generation, error: built.ok ? undefined : built.error });
-        }
-      }
-      if (!running) break;
+      if (!handleMessages(port, pump)) break;
     }
-
-    if (revents[0] !== 0) {
-      const n = native.readFrames(data.tapFd, core.tapSlab, 8, core.tapStride, core.batch, core.tapLens);
-      if (n > 0) {
-        const k = core.encapsulate(n);
-        if (k > 0) {
-          sendErrors[0] = 0;
-          const sent = native.sendBatch(data.udpFd, core.tapSlab, core.sendOffs, core.sendLens,
-            core.sendIps, core.sendPorts, k, sendErrors);
-          countSent(counters, core.sendLens, sent, sendErrors[0] as number);
-          if (sent < k) counters[Counter.DropUdpQueueFull]! += k - sent;
-        }
-      }
-    }
-
-    if (revents[1] !== 0) {
-      const n = native.recvBatch(data.udpFd, core.udpSlab, 0, core.udpStride, core.batch,
-        core.udpLens, core.udpSrcIps, core.udpSrcPorts);
-      if (n > 0) {
-        const k = core.decapsulate(n);
-        if (k > 0) {
-          const written = native.writeFrames(data.tapFd, core.udpSlab, core.writeOffs, core.writeLens, k);
-          for (let i = 0; i < written; i++) {
-            counters[Counter.TapTxFrames]! += 1;
-            counters[Counter.TapTxBytes]! += core.writeLens[i] as number;
-          }
-          if (written < k) counters[Counter.DropTapQueueFull]! += k - written;
-        }
-      }
-    }
+    if (revents[0] !== 0) pump.fromTap();
+    if (revents[1] !== 0) pump.fromUnderlay();
   }
   port.postMessage({ type: "stopped" });
 }
 
-/** sendBatch consumed `sent` entries, of which `errors` were skipped after a send error. */
-function countSent(counters: Float64Array, lens: Uint32Array, sent: number, errors: number): void {
-  counters[Counter.UdpTxDatagrams]! += sent - errors;
-  counters[Counter.DropSendError]! += errors;
+/** Applies queued control messages; false when asked to stop. */
+function handleMessages(port: MessagePort, pump: Pump): boolean {
+  for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+    const msg = m.message as ToWorker;
+    if (msg.type === "stop") return false;
+    if (msg.type === "peers") {
+      const built = ForwardingTable.build(msg.peers);
+      // The daemon validated the peers before sending; a failure here is a bug, and the
+      // old table stays in force rather than forwarding on an ambiguous one.
+      if (built.ok) pump.table = built.table;
+      port.postMessage({ type: "peers-applied", generation: msg.generation, error: built.ok ? undefined : built.error });
+    }
+  }
+  return true;
+}
+
+function plainPump(native: NativeShim, data: ForwarderWorkerData, core: ForwarderCore, counters: Float64Array): Pump {
+  const sendErrors = new Uint32Array(1);
+  return {
+    get table() { return core.table; },
+    set table(t: ForwardingTable) { core.table = t; },
+    fromTap() {
+      const n = native.readFrames(data.tapFd, core.tapSlab, 8, core.tapStride, core.batch, core.tapLens);
+      if (n === 0 || core.encapsulate(n) === 0) return;
+      for (let q = 0; q < core.sendQueues.length; q++) {
+        sendQueue(native, data.sendFds[q] as number, core.tapSlab, core.sendQueues[q] as SendQueue, undefined, sendErrors, counters);
+      }
+    },
+    fromUnderlay() {
+      const n = native.recvBatch(data.udpFd, core.udpSlab, 0, core.udpStride, core.batch, core.udpLens, core.udpSrcIps, core.udpSrcPorts);
+      if (n === 0) return;
+      const k = core.decapsulate(n);
+      if (k === 0) return;
+      const written = native.writeFrames(data.tapFd, core.udpSlab, core.writeOffs, core.writeLens, k);
+      countWritten(counters, core.writeLens, 0, written);
+      if (written < k) counters[Counter.DropTapQueueFull]! += k - written;
+    },
+  };
+}
+
+function offloadPump(native: NativeShim, data: ForwarderWorkerData, core: OffloadCore, counters: Float64Array): Pump {
+  const sendErrors = new Uint32Array(1);
+  return {
+    get table() { return core.table; },
+    set table(t: ForwardingTable) { core.table = t; },
+    fromTap() {
+      const n = native.readFrames(data.tapFd, core.slab, core.tapBase, core.tapStride, core.tapBatch, core.tapLens);
+      if (n === 0 || core.encapsulate(n) === 0) return;
+      for (let q = 0; q < core.sendQueues.length; q++) {
+        const queue = core.sendQueues[q] as GsoSendQueue;
+        sendQueue(native, data.sendFds[q] as number, core.slab, queue, queue.segSizes, sendErrors, counters);
+      }
+    },
+    fromUnderlay() {
+      const n = native.recvBatch(data.udpFd, core.slab, core.rxBase, core.rxStride, core.rxBatch,
+        core.rxLens, core.rxSrcIps, core.rxSrcPorts, core.rxSegSizes);
+      if (n === 0) return;
+      const k = core.decapsulate(n);
+      // The shim writes at most NATIVE_BATCH_MAX frames per call; a GRO run can yield more.
+      for (let done = 0; done < k;) {
+        const chunk = Math.min(NATIVE_BATCH_MAX, k - done);
+        const written = done === 0
+          ? native.writeFramesWithHeaders(data.tapFd, core.slab, core.writeOffs, core.writeLens, chunk, core.writeHdrs, VNET_HDR_LEN)
+          : native.writeFramesWithHeaders(data.tapFd, core.slab, core.writeOffs.subarray(done), core.writeLens.subarray(done),
+            chunk, core.writeHdrs.subarray(done * VNET_HDR_LEN), VNET_HDR_LEN);
+        countWritten(counters, core.writeLens, done, written);
+        if (written < chunk) {
+          counters[Counter.DropTapQueueFull]! += k - done - written;
+          break;
+        }
+        done += chunk;
+      }
+    },
+  };
+}
+
+/** Sends one queue; counts wire datagrams (a UDP_SEGMENT entry is several). */
+function sendQueue(native: NativeShim, fd: number, slab: Uint8Array, queue: SendQueue, segSizes: Uint16Array | undefined,
+  errors: Uint32Array, counters: Float64Array): void {
+  if (queue.count === 0) return;
+  errors[0] = 0;
+  const consumed = native.sendBatch(fd, slab, queue.offs, queue.lens, queue.ips, queue.ports, queue.count, errors, segSizes);
+  let datagrams = 0;
   let bytes = 0;
-  for (let i = 0; i < sent; i++) bytes += lens[i] as number;
+  for (let i = 0; i < consumed; i++) {
+    const len = queue.lens[i] as number;
+    const seg = segSizes === undefined ? 0 : (segSizes[i] as number);
+    datagrams += seg > 0 ? Math.ceil(len / seg) : 1;
+    bytes += len;
+  }
+  const failed = errors[0] as number;
+  counters[Counter.UdpTxDatagrams]! += datagrams - failed;
   counters[Counter.UdpTxBytes]! += bytes;
+  counters[Counter.DropSendError]! += failed;
+  if (consumed < queue.count) counters[Counter.DropUdpQueueFull]! += queue.count - consumed;
+}
+
+function countWritten(counters: Float64Array, lens: Uint32Array, from: number, written: number): void {
+  counters[Counter.TapTxFrames]! += written;
+  let bytes = 0;
+  for (let i = from; i < from + written; i++) bytes += lens[i] as number;
+  counters[Counter.TapTxBytes]! += bytes;
 }
 
 main();

@@ -10,11 +10,23 @@ import { loadNative } from "./native";
 
 export interface ForwarderWorkerData {
   tapFd: number;
+  /** The socket bound to the VXLAN port: everything is received here. */
   udpFd: number;
+  /** Sockets datagrams are sent from, one per source port (core.sourcePorts of them). */
+  sendFds: readonly number[];
   wakeFd: number;
   counters: SharedArrayBuffer;
   core: ForwarderCoreOptions;
+  /** Present when the TAP speaks virtio-net headers with TSO and the socket has UDP_GRO. */
+  offload: OffloadSettings | undefined;
   peers: readonly Peer[];
+}
+
+export interface OffloadSettings {
+  /** TAP reads (up to 64 KB super-frames) per wake. */
+  tapBatch: number;
+  /** recvmmsg entries (up to 64 KB GRO runs) per wake. */
+  rxBatch: number;
 }
 
 export type ToWorker =
@@ -29,7 +41,9 @@ type FromWorker =
 export interface ForwarderOptions {
   tapFd: number;
   udpFd: number;
+  sendFds: readonly number[];
   core: ForwarderCoreOptions;
+  offload?: OffloadSettings;
   peers: readonly Peer[];
 }
 
@@ -60,7 +74,8 @@ export class Forwarder {
     const wakeFd = native.eventfdOpen();
     const counters = newCounterBuffer();
     const data: ForwarderWorkerData = {
-      tapFd: options.tapFd, udpFd: options.udpFd, wakeFd, counters, core: options.core, peers: options.peers,
+      tapFd: options.tapFd, udpFd: options.udpFd, sendFds: options.sendFds, wakeFd, counters, core: options.core,
+      offload: options.offload, peers: options.peers,
     };
     const worker = new Worker(workerScript(), { workerData: data });
     const forwarder = new Forwarder(worker, wakeFd, new Float64Array(counters));

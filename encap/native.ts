@@ -55,19 +55,43 @@ export interface NativeShim {
    * recvmmsg(MSG_DONTWAIT) up to `max` datagrams; datagram i lands at slab[base + i*stride]
    * (at most `stride` bytes; a longer one is truncated and its lens[i] is set to 0xFFFFFFFF
    * so the caller drops it), its length in lens[i], sender in srcIps[i] / srcPorts[i].
+   * With `segSizes` (and UDP_GRO on), segSizes[i] is the size of the equal datagrams the
+   * kernel coalesced into entry i, or 0 for a single datagram.
    * Returns the count (0 on EAGAIN).
    */
   recvBatch(fd: number, slab: Uint8Array, base: number, stride: number, max: number,
-    lens: Uint32Array, srcIps: Uint32Array, srcPorts: Uint16Array): number;
+    lens: Uint32Array, srcIps: Uint32Array, srcPorts: Uint16Array, segSizes?: Uint16Array): number;
 
   /**
    * sendmmsg(MSG_DONTWAIT): datagram i is slab[offs[i] .. offs[i]+lens[i]) to dstIps[i]:dstPorts[i].
    * Returns how many it consumed: sent, or skipped after an error (stops at EAGAIN/ENOBUFS).
    * Per-datagram errors such as EHOSTUNREACH or ECONNREFUSED (from an earlier ICMP) skip that
    * datagram and go on; the number skipped is added to `errors[0]`.
+   * With `segSizes`, entry i longer than segSizes[i] (> 0) goes out with UDP_SEGMENT: the
+   * kernel cuts it into datagrams of segSizes[i] bytes (the last may be shorter).
    */
   sendBatch(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array,
-    dstIps: Uint32Array, dstPorts: Uint16Array, count: number, errors: Uint32Array): number;
+    dstIps: Uint32Array, dstPorts: Uint16Array, count: number, errors: Uint32Array,
+    segSizes?: Uint16Array): number;
+
+  /** setsockopt(UDP_GRO): recvBatch may then return runs of equal-size datagrams as one entry. */
+  udpSetGro(fd: number, enable: boolean): void;
+
+  /** ioctl(TUNSETOFFLOAD, flags) on a TAP opened with vnetHdr (TUN_F_* flags, see offload.ts). */
+  tapSetOffload(fd: number, flags: number): void;
+
+  /**
+   * Like writeFrames, but frame i is preceded in the same writev by the header
+   * hdrs[i*hdrLen .. +hdrLen): how a virtio_net_hdr reaches a TAP opened with vnetHdr.
+   */
+  writeFramesWithHeaders(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array,
+    count: number, hdrs: Uint8Array, hdrLen: number): number;
+
+  /**
+   * The Internet checksum's ones' complement sum of slab[off .. off+len) as big-endian 16-bit
+   * words, plus `initial`, folded to 16 bits and not inverted.
+   */
+  checksum(slab: Uint8Array, off: number, len: number, initial: number): number;
 
   /**
    * poll(2) for POLLIN on each fd, waiting at most timeoutMs (-1 forever). Writes revents to

@@ -21,10 +21,10 @@ const peers: Peer[] = [
   { name: "n3", underlayIp: 0xc000020d as Ipv4, subnet: subnet("10.244.3.0/24"), vtepMac: vtepMacFor("n3"), path: "vxlan" },
 ];
 
-function makeCore(batch = 32): ForwarderCore {
+function makeCore(batch = 32, sourcePorts = 1): ForwarderCore {
   const built = ForwardingTable.build(peers);
   if (!built.ok) throw new Error(built.error);
-  return new ForwarderCore({ vni: VNI, port: PORT, mtu: 1450, batch }, built.table, new Float64Array(COUNTER_COUNT));
+  return new ForwarderCore({ vni: VNI, port: PORT, mtu: 1450, batch, sourcePorts }, built.table, new Float64Array(COUNTER_COUNT));
 }
 
 /** An Ethernet + IPv4 frame (payload zeros) from `src` to `dst`. */
@@ -141,10 +141,12 @@ describe("forwarder core: TAP → underlay", () => {
     const f = ipv4Frame(peers[1]!.vtepMac, LOCAL_MAC, 0x0af40105, 0x0af40307, 100);
     loadTap(core, [f]);
     expect(core.encapsulate(1)).toBe(1);
-    expect(core.sendOffs[0]).toBe(0);
-    expect(core.sendLens[0]).toBe(f.length + VXLAN_HEADER_LEN);
-    expect(core.sendIps[0]).toBe(peers[1]!.underlayIp);
-    expect(core.sendPorts[0]).toBe(PORT);
+    const q = core.sendQueues[0]!;
+    expect(q.count).toBe(1);
+    expect(q.offs[0]).toBe(0);
+    expect(q.lens[0]).toBe(f.length + VXLAN_HEADER_LEN);
+    expect(q.ips[0]).toBe(peers[1]!.underlayIp);
+    expect(q.ports[0]).toBe(PORT);
     expect(Buffer.from(core.tapSlab.subarray(0, 8)).toString("hex")).toBe("080000000000" + "2a00");
     expect(Buffer.from(core.tapSlab.subarray(8, 8 + f.length))).toEqual(Buffer.from(f));
   });
@@ -157,10 +159,32 @@ describe("forwarder core: TAP → underlay", () => {
     const ok = ipv4Frame(peers[0]!.vtepMac, LOCAL_MAC, 1, 2);
     loadTap(core, [bcast, unknown, huge, ok]);
     expect(core.encapsulate(4)).toBe(1);
-    expect(core.sendOffs[0]).toBe(3 * core.tapStride);
+    expect(core.sendQueues[0]!.offs[0]).toBe(3 * core.tapStride);
     expect(core.counters[Counter.DropGroupDestination]).toBe(1);
     expect(core.counters[Counter.DropNoRoute]).toBe(1);
     expect(core.counters[Counter.DropTruncated]).toBe(1);
+  });
+});
+
+describe("forwarder core: source ports", () => {
+  it("keeps each inner flow on one source socket and spreads flows over the sockets", () => {
+    const core = makeCore(64, 8);
+    const frames: Uint8Array[] = [];
+    for (let flow = 0; flow < 32; flow++) {
+      for (let rep = 0; rep < 2; rep++) {
+        const f = ipv4Frame(peers[0]!.vtepMac, LOCAL_MAC, 0x0af40100 + flow, 0x0af40207, 20);
+        f[34] = flow; f[36] = 0x17; // UDP source port varies per flow
+        frames.push(f);
+      }
+    }
+    frames.forEach((f, i) => { core.tapSlab.set(f, i * core.tapStride + VXLAN_HEADER_LEN); core.tapLens[i] = f.length; });
+    expect(core.encapsulate(frames.length)).toBe(frames.length);
+    const queueOfSlot = new Map<number, number>();
+    core.sendQueues.forEach((q, qi) => { for (let k = 0; k < q.count; k++) queueOfSlot.set(q.offs[k]!, qi); });
+    for (let flow = 0; flow < 32; flow++) {
+      expect(queueOfSlot.get(2 * flow * core.tapStride)).toBe(queueOfSlot.get((2 * flow + 1) * core.tapStride));
+    }
+    expect(core.sendQueues.filter((q) => q.count > 0).length).toBeGreaterThanOrEqual(6);
   });
 });
 

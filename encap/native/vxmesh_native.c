@@ -32,6 +32,17 @@
 #include <sys/uio.h>
 
 #include <linux/if_tun.h>
+#include <linux/udp.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
 
 #include <node_api.h>
 
@@ -229,6 +240,19 @@ static bool arg_typed(napi_env env, napi_value v, const char *name, napi_typedar
     return false;
   }
   return true;
+}
+
+/** Like arg_typed, but undefined yields data = NULL. */
+static bool opt_typed(napi_env env, napi_value v, const char *name, napi_typedarray_type want,
+                      void **data, size_t *length) {
+  napi_valuetype type;
+  NAPI_CHECK_BOOL(env, napi_typeof(env, v, &type));
+  if (type == napi_undefined) {
+    *data = NULL;
+    *length = 0;
+    return true;
+  }
+  return arg_typed(env, v, name, want, data, length);
 }
 
 /** Every array in a batch must hold at least n entries. */
@@ -542,16 +566,20 @@ static napi_value udp_local_port(napi_env env, napi_callback_info info) {
   return ret_u32(env, ntohs(addr.sin_port));
 }
 
-/** recvBatch(fd, slab, base, stride, max, lens, srcIps, srcPorts) -> datagrams received */
+/**
+ * recvBatch(fd, slab, base, stride, max, lens, srcIps, srcPorts, segSizes?) -> datagrams
+ * received. With segSizes, the UDP_GRO segment size of each entry is reported (0 when the
+ * kernel did not coalesce it).
+ */
 static napi_value recv_batch(napi_env env, napi_callback_info info) {
-  napi_value argv[8];
-  if (!get_args(env, info, 8, argv)) return NULL;
+  napi_value argv[9];
+  if (!get_args(env, info, 9, argv)) return NULL;
 
   int fd;
   uint8_t *slab;
   uint32_t *lens, *src_ips;
-  uint16_t *src_ports;
-  size_t slab_len, lens_len, ips_len, ports_len;
+  uint16_t *src_ports, *seg_sizes;
+  size_t slab_len, lens_len, ips_len, ports_len, segs_len;
   uint32_t base, stride, max;
   if (!arg_fd(env, argv[0], &fd) ||
       !arg_typed(env, argv[1], "slab", napi_uint8_array, (void **)&slab, &slab_len) ||
@@ -559,12 +587,14 @@ static napi_value recv_batch(napi_env env, napi_callback_info info) {
       !arg_u32(env, argv[4], "max", &max) ||
       !arg_typed(env, argv[5], "lens", napi_uint32_array, (void **)&lens, &lens_len) ||
       !arg_typed(env, argv[6], "srcIps", napi_uint32_array, (void **)&src_ips, &ips_len) ||
-      !arg_typed(env, argv[7], "srcPorts", napi_uint16_array, (void **)&src_ports, &ports_len)) {
+      !arg_typed(env, argv[7], "srcPorts", napi_uint16_array, (void **)&src_ports, &ports_len) ||
+      !opt_typed(env, argv[8], "segSizes", napi_uint16_array, (void **)&seg_sizes, &segs_len)) {
     return NULL;
   }
   size_t n = clamp_batch(max);
   if (!check_entries(env, "lens", lens_len, n) || !check_entries(env, "srcIps", ips_len, n) ||
       !check_entries(env, "srcPorts", ports_len, n) ||
+      (seg_sizes != NULL && !check_entries(env, "segSizes", segs_len, n)) ||
       !check_slots(env, slab_len, base, stride, n)) {
     return NULL;
   }
@@ -573,6 +603,11 @@ static napi_value recv_batch(napi_env env, napi_callback_info info) {
   struct mmsghdr msgs[BATCH_MAX];
   struct iovec iovs[BATCH_MAX];
   struct sockaddr_in addrs[BATCH_MAX];
+  // Room for one int control message per datagram (the UDP_GRO segment size).
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } ctrl[BATCH_MAX];
   memset(msgs, 0, n * sizeof msgs[0]);
   for (size_t i = 0; i < n; i++) {
     iovs[i].iov_base = slab + base + (size_t)stride * i;
@@ -581,6 +616,10 @@ static napi_value recv_batch(napi_env env, napi_callback_info info) {
     msgs[i].msg_hdr.msg_iovlen = 1;
     msgs[i].msg_hdr.msg_name = &addrs[i];
     msgs[i].msg_hdr.msg_namelen = sizeof addrs[i];
+    if (seg_sizes != NULL) {
+      msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+      msgs[i].msg_hdr.msg_controllen = sizeof ctrl[i].buf;
+    }
   }
 
   int got;
@@ -604,6 +643,16 @@ static napi_value recv_batch(napi_env env, napi_callback_info info) {
       src_ips[i] = 0;
       src_ports[i] = 0;
     }
+    if (seg_sizes != NULL) {
+      seg_sizes[i] = 0;
+      for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR((struct msghdr *)h, c)) {
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) {
+          int size;
+          memcpy(&size, CMSG_DATA(c), sizeof size);
+          seg_sizes[i] = (uint16_t)size;
+        }
+      }
+    }
   }
   return ret_u32(env, (uint32_t)got);
 }
@@ -613,16 +662,20 @@ static bool is_socket_error(int err) {
   return err == EBADF || err == ENOTSOCK || err == EFAULT;
 }
 
-/** sendBatch(fd, slab, offs, lens, dstIps, dstPorts, count, errors) -> datagrams consumed */
+/**
+ * sendBatch(fd, slab, offs, lens, dstIps, dstPorts, count, errors, segSizes?) -> entries
+ * consumed. With segSizes, an entry longer than segSizes[i] (> 0) is sent with UDP_SEGMENT:
+ * the kernel cuts it into datagrams of that size (the last may be shorter).
+ */
 static napi_value send_batch(napi_env env, napi_callback_info info) {
-  napi_value argv[8];
-  if (!get_args(env, info, 8, argv)) return NULL;
+  napi_value argv[9];
+  if (!get_args(env, info, 9, argv)) return NULL;
 
   int fd;
   uint8_t *slab;
   uint32_t *offs, *lens, *dst_ips, *errors;
-  uint16_t *dst_ports;
-  size_t slab_len, offs_len, lens_len, ips_len, ports_len, errors_len;
+  uint16_t *dst_ports, *seg_sizes;
+  size_t slab_len, offs_len, lens_len, ips_len, ports_len, errors_len, segs_len;
   uint32_t count;
   if (!arg_fd(env, argv[0], &fd) ||
       !arg_typed(env, argv[1], "slab", napi_uint8_array, (void **)&slab, &slab_len) ||
@@ -631,13 +684,15 @@ static napi_value send_batch(napi_env env, napi_callback_info info) {
       !arg_typed(env, argv[4], "dstIps", napi_uint32_array, (void **)&dst_ips, &ips_len) ||
       !arg_typed(env, argv[5], "dstPorts", napi_uint16_array, (void **)&dst_ports, &ports_len) ||
       !arg_u32(env, argv[6], "count", &count) ||
-      !arg_typed(env, argv[7], "errors", napi_uint32_array, (void **)&errors, &errors_len)) {
+      !arg_typed(env, argv[7], "errors", napi_uint32_array, (void **)&errors, &errors_len) ||
+      !opt_typed(env, argv[8], "segSizes", napi_uint16_array, (void **)&seg_sizes, &segs_len)) {
     return NULL;
   }
   size_t n = clamp_batch(count);
   if (!check_entries(env, "offs", offs_len, n) || !check_entries(env, "lens", lens_len, n) ||
       !check_entries(env, "dstIps", ips_len, n) || !check_entries(env, "dstPorts", ports_len, n) ||
       !check_entries(env, "errors", errors_len, 1) ||
+      (seg_sizes != NULL && !check_entries(env, "segSizes", segs_len, n)) ||
       !check_spans(env, slab_len, offs, lens, n)) {
     return NULL;
   }
@@ -646,6 +701,10 @@ static napi_value send_batch(napi_env env, napi_callback_info info) {
   struct mmsghdr msgs[BATCH_MAX];
   struct iovec iovs[BATCH_MAX];
   struct sockaddr_in addrs[BATCH_MAX];
+  union {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+  } ctrl[BATCH_MAX];
   memset(msgs, 0, n * sizeof msgs[0]);
   memset(addrs, 0, n * sizeof addrs[0]);
   for (size_t i = 0; i < n; i++) {
@@ -658,6 +717,17 @@ static napi_value send_batch(napi_env env, napi_callback_info info) {
     msgs[i].msg_hdr.msg_iovlen = 1;
     msgs[i].msg_hdr.msg_name = &addrs[i];
     msgs[i].msg_hdr.msg_namelen = sizeof addrs[i];
+    if (seg_sizes != NULL && seg_sizes[i] > 0 && lens[i] > seg_sizes[i]) {
+      memset(ctrl[i].buf, 0, sizeof ctrl[i].buf);
+      msgs[i].msg_hdr.msg_control = ctrl[i].buf;
+      msgs[i].msg_hdr.msg_controllen = sizeof ctrl[i].buf;
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+      c->cmsg_level = SOL_UDP;
+      c->cmsg_type = UDP_SEGMENT;
+      c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      uint16_t size = seg_sizes[i];
+      memcpy(CMSG_DATA(c), &size, sizeof size);
+    }
   }
 
   // sendmmsg stops at the first failing datagram and reports its error only when it is the
@@ -686,6 +756,133 @@ static napi_value send_batch(napi_env env, napi_callback_info info) {
   }
   errors[0] += skipped;
   return ret_u32(env, (uint32_t)done);
+}
+
+
+/** udpSetGro(fd, enable) — UDP_GRO: the kernel may hand runs of datagrams as one buffer. */
+static napi_value udp_set_gro(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int fd;
+  bool enable;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  NAPI_CHECK(env, napi_get_value_bool(env, argv[1], &enable));
+  int v = enable ? 1 : 0;
+  if (setsockopt(fd, SOL_UDP, UDP_GRO, &v, sizeof v) < 0) {
+    throw_errno(env, "setsockopt(UDP_GRO)", errno);
+    return NULL;
+  }
+  return ret_undefined(env);
+}
+
+/** writeFramesWithHeaders(fd, slab, offs, lens, count, hdrs, hdrLen) -> frames written.
+ * Like writeFrames, but each frame i is preceded by hdrs[i*hdrLen .. +hdrLen) in the same
+ * writev: how virtio-net headers reach a TAP opened with IFF_VNET_HDR without moving frames. */
+static napi_value write_frames_with_headers(napi_env env, napi_callback_info info) {
+  napi_value argv[7];
+  if (!get_args(env, info, 7, argv)) return NULL;
+
+  int fd;
+  uint8_t *slab, *hdrs;
+  uint32_t *offs, *lens;
+  size_t slab_len, offs_len, lens_len, hdrs_len;
+  uint32_t count, hdr_len;
+  if (!arg_fd(env, argv[0], &fd) ||
+      !arg_typed(env, argv[1], "slab", napi_uint8_array, (void **)&slab, &slab_len) ||
+      !arg_typed(env, argv[2], "offs", napi_uint32_array, (void **)&offs, &offs_len) ||
+      !arg_typed(env, argv[3], "lens", napi_uint32_array, (void **)&lens, &lens_len) ||
+      !arg_u32(env, argv[4], "count", &count) ||
+      !arg_typed(env, argv[5], "hdrs", napi_uint8_array, (void **)&hdrs, &hdrs_len) ||
+      !arg_u32(env, argv[6], "hdrLen", &hdr_len)) {
+    return NULL;
+  }
+  size_t n = clamp_batch(count);
+  if (!check_entries(env, "offs", offs_len, n) || !check_entries(env, "lens", lens_len, n) ||
+      !check_spans(env, slab_len, offs, lens, n)) {
+    return NULL;
+  }
+  if ((uint64_t)hdr_len * n > hdrs_len) {
+    throw_arg(env, ARG_RANGE, "hdrs holds %zu bytes, %zu headers of %u need more", hdrs_len, n, hdr_len);
+    return NULL;
+  }
+
+  size_t done = 0;
+  while (done < n) {
+    struct iovec iov[2] = {
+        {.iov_base = hdrs + (size_t)hdr_len * done, .iov_len = hdr_len},
+        {.iov_base = slab + offs[done], .iov_len = lens[done]},
+    };
+    ssize_t r = writev(fd, iov, 2);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      if (is_again(errno)) break;
+      throw_errno(env, "writev", errno);
+      return NULL;
+    }
+    done++;
+  }
+  return ret_u32(env, (uint32_t)done);
+}
+
+/** tapSetOffload(fd, flags) — TUNSETOFFLOAD with TUN_F_* flags. */
+static napi_value tap_set_offload(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  int fd;
+  uint32_t flags;
+  if (!arg_fd(env, argv[0], &fd) || !arg_u32(env, argv[1], "flags", &flags)) return NULL;
+  if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags) < 0) {
+    throw_errno(env, "ioctl(TUNSETOFFLOAD)", errno);
+    return NULL;
+  }
+  return ret_undefined(env);
+}
+
+/**
+ * checksum(slab, off, len, initial) -> the 16-bit ones' complement sum (folded, not inverted)
+ * of slab[off .. off+len) read as big-endian 16-bit words, added to `initial`. A loop over
+ * 64-bit loads; the byte order is fixed up once at the end (RFC 1071 §2(B)).
+ */
+static napi_value checksum(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!get_args(env, info, 4, argv)) return NULL;
+  uint8_t *slab;
+  size_t slab_len;
+  uint32_t off, len, initial;
+  if (!arg_typed(env, argv[0], "slab", napi_uint8_array, (void **)&slab, &slab_len) ||
+      !arg_u32(env, argv[1], "off", &off) || !arg_u32(env, argv[2], "len", &len) ||
+      !arg_u32(env, argv[3], "initial", &initial)) {
+    return NULL;
+  }
+  if ((uint64_t)off + len > slab_len) {
+    throw_arg(env, ARG_RANGE, "checksum span %u+%u overruns the %zu-byte slab", off, len, slab_len);
+    return NULL;
+  }
+  const uint8_t *p = slab + off;
+  uint64_t sum = 0;
+  size_t i = 0;
+  // Sum native-endian 32-bit halves into 64 bits: no carry is lost for spans under 16 GiB.
+  for (; i + 8 <= len; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    sum += (w & 0xffffffffu) + (w >> 32);
+  }
+  for (; i + 2 <= len; i += 2) {
+    uint16_t w;
+    memcpy(&w, p + i, 2);
+    sum += w;
+  }
+  if (i < len) {
+    uint16_t w = 0;
+    memcpy(&w, p + i, 1);  // the odd byte is the high byte of a big-endian word
+    sum += w;
+  }
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  uint16_t folded = (uint16_t)sum;
+  uint32_t be = ntohs(folded);  // native-endian sum → big-endian value
+  uint32_t total = be + (initial & 0xffff) + (initial >> 16);
+  while (total >> 16) total = (total & 0xffff) + (total >> 16);
+  return ret_u32(env, total);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -820,6 +1017,10 @@ NAPI_MODULE_INIT() {
       EXPORT_FN("eventfdSignal", eventfd_signal),
       EXPORT_FN("eventfdDrain", eventfd_drain),
       EXPORT_FN("close", close_fd),
+      EXPORT_FN("udpSetGro", udp_set_gro),
+      EXPORT_FN("writeFramesWithHeaders", write_frames_with_headers),
+      EXPORT_FN("tapSetOffload", tap_set_offload),
+      EXPORT_FN("checksum", checksum),
   };
   if (napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions) !=
       napi_ok) {

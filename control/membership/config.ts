@@ -1,0 +1,112 @@
+// Tunables of the membership protocol and the formulas that scale them with cluster size.
+// Defaults are hashicorp/memberlist's DefaultLANConfig; the formulas follow memberlist's
+// util.go so the simulator's figures can be put beside what memberlist predicts.
+
+export interface MembershipConfig {
+  /** Time between two probes of this node (before the awareness multiplier). */
+  readonly probeInterval: number;
+  /** Wait for a direct ack before asking helpers (before the awareness multiplier). */
+  readonly probeTimeout: number;
+  /** Helpers asked to probe indirectly when the direct ack does not come. */
+  readonly indirectChecks: number;
+  readonly gossipInterval: number;
+  /** Random members each gossip round sends pending updates to. */
+  readonly gossipNodes: number;
+  /** Each update is sent retransmitMult × ⌈log10(N+1)⌉ times. */
+  readonly retransmitMult: number;
+  /** Minimum suspicion timeout = suspicionMult × max(1, log10 N) × probeInterval. */
+  readonly suspicionMult: number;
+  /** Maximum suspicion timeout (no confirmations) = this × the minimum. */
+  readonly suspicionMaxTimeoutMult: number;
+  /** Awareness score ranges over 0 … this−1; timeouts scale by (score + 1). */
+  readonly awarenessMaxMultiplier: number;
+  /** Full-state exchange with one random member; scaled up past 32 members. */
+  readonly pushPullInterval: number;
+  /** Dead members still receive gossip this long after they were declared dead. */
+  readonly gossipToTheDeadTime: number;
+  /**
+   * Not memberlist (serf does it on top): every reconnectInterval (scaled like push-pull) a
+   * push-pull with one random member we consider failed, so a healed partition re-merges.
+   * 0 turns it off.
+   */
+  readonly reconnectInterval: number;
+  /**
+   * Dead and left members are kept (and a failed one retried by reconnect) this long before
+   * they are forgotten, so stale alive gossip with an old incarnation cannot bring them back.
+   */
+  readonly deadRetention: number;
+  /** Bytes of one datagram's payload: 1400 − 28 for the encryption envelope. */
+  readonly datagramBudget: number;
+  /** Largest meta blob a member may carry. */
+  readonly metaMaxBytes: number;
+}
+
+export const DATAGRAM_MAX = 1400;
+export const ENVELOPE_OVERHEAD = 28;
+export const DATAGRAM_PAYLOAD_BUDGET = DATAGRAM_MAX - ENVELOPE_OVERHEAD;
+export const META_MAX_BYTES = 512;
+
+export const LAN_CONFIG: MembershipConfig = Object.freeze({
+  probeInterval: 1000,
+  probeTimeout: 500,
+  indirectChecks: 3,
+  gossipInterval: 200,
+  gossipNodes: 3,
+  retransmitMult: 4,
+  suspicionMult: 4,
+  suspicionMaxTimeoutMult: 6,
+  awarenessMaxMultiplier: 8,
+  pushPullInterval: 30_000,
+  gossipToTheDeadTime: 30_000,
+  reconnectInterval: 30_000,
+  deadRetention: 3_600_000,
+  datagramBudget: DATAGRAM_PAYLOAD_BUDGET,
+  metaMaxBytes: META_MAX_BYTES,
+});
+
+/** Fills in LAN defaults and rejects values the protocol cannot work with. */
+export function makeConfig(partial: Partial<MembershipConfig> = {}): MembershipConfig {
+  const c: MembershipConfig = { ...LAN_CONFIG, ...partial };
+  const positive: (keyof MembershipConfig)[] = [
+    "probeInterval", "probeTimeout", "gossipInterval", "retransmitMult", "suspicionMult",
+    "suspicionMaxTimeoutMult", "awarenessMaxMultiplier", "pushPullInterval", "datagramBudget",
+  ];
+  for (const k of positive) {
+    const v = c[k];
+    if (!Number.isFinite(v) || v <= 0) throw new RangeError(`membership config ${k}=${v}: must be a positive number`);
+  }
+  const nonNegative: (keyof MembershipConfig)[] = [
+    "indirectChecks", "gossipNodes", "gossipToTheDeadTime", "reconnectInterval", "deadRetention", "metaMaxBytes",
+  ];
+  for (const k of nonNegative) {
+    const v = c[k];
+    if (!Number.isFinite(v) || v < 0) throw new RangeError(`membership config ${k}=${v}: must be zero or more`);
+  }
+  if (c.probeTimeout > c.probeInterval) {
+    throw new RangeError(`membership config probeTimeout=${c.probeTimeout}: must not exceed probeInterval=${c.probeInterval}`);
+  }
+  if (c.datagramBudget < 576 || c.datagramBudget > 65_000) {
+    throw new RangeError(`membership config datagramBudget=${c.datagramBudget}: must be 576…65000`);
+  }
+  if (c.metaMaxBytes > META_MAX_BYTES) {
+    throw new RangeError(`membership config metaMaxBytes=${c.metaMaxBytes}: at most ${META_MAX_BYTES}`);
+  }
+  return Object.freeze(c);
+}
+
+/** memberlist suspicionTimeout: suspicionMult × max(1, log10 n) × probeInterval (ms, floored). */
+export function suspicionTimeout(suspicionMult: number, n: number, probeInterval: number): number {
+  const nodeScale = Math.max(1, Math.log10(Math.max(1, n)));
+  return Math.floor((suspicionMult * Math.floor(nodeScale * 1000) * probeInterval) / 1000);
+}
+
+/** memberlist retransmitLimit: retransmitMult × ⌈log10(n + 1)⌉. */
+export function retransmitLimit(retransmitMult: number, n: number): number {
+  return retransmitMult * Math.ceil(Math.log10(n + 1));
+}
+
+/** memberlist pushPullScale: ×(⌈log2 n − log2 32⌉ + 1) once n > 32. */
+export function pushPullScale(interval: number, n: number): number {
+  if (n <= 32) return interval;
+  return (Math.ceil(Math.log2(n) - Math.log2(32)) + 1) * interval;
+}

@@ -1,0 +1,59 @@
+// The Internet checksum (RFC 1071) pieces the offload path needs. The bulk sum over payload
+// bytes is the native shim's (a 64-bit loop in C is several times faster than one in JS);
+// these helpers do the small fixed-size parts and keep the arithmetic in one place.
+
+/** Sums slab[off .. off+len) as big-endian 16-bit words onto `initial`; folded, not inverted. */
+export type SumFn = (slab: Uint8Array, off: number, len: number, initial: number) => number;
+
+/** A JS implementation of SumFn, for tests and as the reference. */
+export const sumJs: SumFn = (slab, off, len, initial) => {
+  let sum = initial;
+  let i = off;
+  const end = off + len;
+  for (; i + 1 < end; i += 2) sum += ((slab[i] as number) << 8) | (slab[i + 1] as number);
+  if (i < end) sum += (slab[i] as number) << 8;
+  return fold(sum);
+};
+
+export function fold(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
+  return sum;
+}
+
+/** The IPv4 pseudo-header sum for a transport segment of `l4Len` bytes. */
+export function pseudoHeaderSum(slab: Uint8Array, ipOff: number, protocol: number, l4Len: number): number {
+  let sum = protocol + l4Len;
+  for (let i = 12; i < 20; i += 2) sum += ((slab[ipOff + i] as number) << 8) | (slab[ipOff + i + 1] as number);
+  return fold(sum);
+}
+
+/** Recomputes the header checksum of the IPv4 header at ipOff (length ihl bytes). */
+export function writeIpv4HeaderChecksum(slab: Uint8Array, ipOff: number, ihl: number): void {
+  slab[ipOff + 10] = 0;
+  slab[ipOff + 11] = 0;
+  let sum = 0;
+  for (let i = 0; i < ihl; i += 2) sum += ((slab[ipOff + i] as number) << 8) | (slab[ipOff + i + 1] as number);
+  const c = ~fold(sum) & 0xffff;
+  slab[ipOff + 10] = c >>> 8;
+  slab[ipOff + 11] = c & 0xff;
+}
+
+export function writeU16(slab: Uint8Array, off: number, v: number): void {
+  slab[off] = (v >>> 8) & 0xff;
+  slab[off + 1] = v & 0xff;
+}
+
+export function readU16(slab: Uint8Array, off: number): number {
+  return ((slab[off] as number) << 8) | (slab[off + 1] as number);
+}
+
+export function readU32(slab: Uint8Array, off: number): number {
+  return (((slab[off] as number) << 24) | ((slab[off + 1] as number) << 16) | ((slab[off + 2] as number) << 8) | (slab[off + 3] as number)) >>> 0;
+}
+
+export function writeU32(slab: Uint8Array, off: number, v: number): void {
+  slab[off] = (v >>> 24) & 0xff;
+  slab[off + 1] = (v >>> 16) & 0xff;
+  slab[off + 2] = (v >>> 8) & 0xff;
+  slab[off + 3] = v & 0xff;
+}

@@ -1,0 +1,245 @@
+// Forwarding decisions of the fast path (DESIGN §3): the TAP speaks virtio-net headers with
+// TSO, the underlay socket uses UDP_SEGMENT on send and UDP_GRO on receive. Like
+// ForwarderCore it does no I/O and allocates nothing per packet; everything lives in one slab
+// so payload moves with copyWithin.
+//
+// Slab layout:
+//   [0, 8)           the VXLAN header every segment starts with (our VNI)
+//   TAP slots        tapBatch × tapStride: [virtio_net_hdr][frame], up to 64 KB per frame
+//   segment areas    tapBatch × segStride: a super-frame's segments as back-to-back datagrams
+//   receive slots    rxBatch × rxStride: a datagram or a UDP_GRO run of them
+
+import type { SumFn } from "./checksum";
+import { Counter } from "./counters";
+import type { ForwardingTable } from "./fdb";
+import { acceptDatagram, routeFrame, TRUNCATED, type SendQueue } from "./forwarder-core";
+import { ETH_HEADER_LEN, flowHash } from "./frame";
+import {
+  TcpCoalescer, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+  VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, completeChecksum, readVnetHeader, segmentTcp4,
+  segmentsPerSend, tcp4HeaderLength, writeVnetHeader, MAX_GSO_SEGMENTS, type SegmentPlan, type VnetHeader,
+} from "./offload";
+import type { Vni } from "./types";
+import { VXLAN_HEADER_LEN, writeVxlanHeader } from "./vxlan";
+
+export interface OffloadCoreOptions {
+  vni: Vni;
+  port: number;
+  mtu: number;
+  /** TAP reads (super-frames) per wake. */
+  tapBatch: number;
+  /** recvmmsg entries (each up to a 64 KB GRO run) per wake. */
+  rxBatch: number;
+  sourcePorts: number;
+}
+
+/** A send queue whose entries may be UDP_SEGMENT runs. */
+export interface GsoSendQueue extends SendQueue {
+  readonly segSizes: Uint16Array;
+}
+
+const MAX_FRAME_BYTES = 65535 + ETH_HEADER_LEN;
+/** Sends per super-frame we leave room for (a 64 KB frame at MSS ≥ 536 needs at most 3). */
+const SENDS_PER_FRAME = 4;
+
+function align64(n: number): number {
+  return Math.ceil(n / 64) * 64;
+}
+
+export class OffloadCore {
+  readonly slab: Uint8Array;
+  readonly vni: Vni;
+  readonly port: number;
+  /** Largest plain (non-GSO) inner frame. */
+  readonly maxFrame: number;
+
+  readonly tapBatch: number;
+  readonly tapBase = 64;
+  readonly tapStride = align64(VNET_HDR_LEN + MAX_FRAME_BYTES + 1);
+  readonly tapLens: Uint32Array;
+  readonly segBase: number;
+  readonly segStride: number;
+  readonly sendQueues: readonly GsoSendQueue[];
+
+  readonly rxBatch: number;
+  readonly rxBase: number;
+  readonly rxStride = align64(65536 + 64);
+  readonly rxLens: Uint32Array;
+  readonly rxSrcIps: Uint32Array;
+  readonly rxSrcPorts: Uint16Array;
+  readonly rxSegSizes: Uint16Array;
+  readonly writeOffs: Uint32Array;
+  readonly writeLens: Uint32Array;
+  /** The virtio_net_hdr for each frame to write, VNET_HDR_LEN bytes apart. */
+  readonly writeHdrs: Uint8Array;
+
+  private readonly vh: VnetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
+  private readonly plan: SegmentPlan = { segSize: 0, segments: 0, totalBytes: 0 };
+  private readonly coalescer: TcpCoalescer;
+
+  constructor(
+    options: OffloadCoreOptions,
+    public table: ForwardingTable,
+    readonly counters: Float64Array,
+    private readonly sum: SumFn,
+  ) {
+    this.vni = options.vni;
+    this.port = options.port;
+    this.maxFrame = ETH_HEADER_LEN + 4 + options.mtu;
+    this.tapBatch = options.tapBatch;
+    this.rxBatch = options.rxBatch;
+    // A super-frame's segments: its payload plus one VXLAN + header copy per segment
+    // (at most 128 segments of ≤ 8 + 14 + 60 + 60 header bytes at MSS ≥ 512).
+    this.segStride = align64(MAX_FRAME_BYTES + 128 * (8 + 14 + 60 + 60));
+    this.segBase = this.tapBase + this.tapBatch * this.tapStride;
+    this.rxBase = this.segBase + this.tapBatch * this.segStride;
+    this.slab = new Uint8Array(this.rxBase + this.rxBatch * this.rxStride);
+    writeVxlanHeader(this.slab, 0, this.vni);
+
+    this.tapLens = new Uint32Array(this.tapBatch);
+    const cap = this.tapBatch * SENDS_PER_FRAME;
+    this.sendQueues = Array.from({ length: Math.max(1, options.sourcePorts) }, () => ({
+      offs: new Uint32Array(cap), lens: new Uint32Array(cap), ips: new Uint32Array(cap), ports: new Uint16Array(cap),
+      segSizes: new Uint16Array(cap), count: 0,
+    }));
+
+    this.rxLens = new Uint32Array(this.rxBatch);
+    this.rxSrcIps = new Uint32Array(this.rxBatch);
+    this.rxSrcPorts = new Uint16Array(this.rxBatch);
+    this.rxSegSizes = new Uint16Array(this.rxBatch);
+    const writes = this.rxBatch * MAX_GSO_SEGMENTS;
+    this.writeOffs = new Uint32Array(writes);
+    this.writeLens = new Uint32Array(writes);
+    this.writeHdrs = new Uint8Array(writes * VNET_HDR_LEN);
+    this.coalescer = new TcpCoalescer(sum);
+  }
+
+  /**
+   * Turns `count` TAP reads into send-queue entries: plain frames in place (the VXLAN header
+   * over the end of the virtio_net_hdr), TCP super-frames cut into segments. Returns the
+   * number of entries queued.
+   */
+  encapsulate(count: number): number {
+    const c = this.counters;
+    const slab = this.slab;
+    const vh = this.vh;
+    const plan = this.plan;
+    const queues = this.sendQueues;
+    const nQueues = queues.length;
+    for (let q = 0; q < nQueues; q++) (queues[q] as GsoSendQueue).count = 0;
+    c[Counter.TapReadBatches]! += 1;
+    let out = 0;
+    for (let i = 0; i < count; i++) {
+      const slot = this.tapBase + i * this.tapStride;
+      const len = this.tapLens[i] as number;
+      if (len === TRUNCATED || len < VNET_HDR_LEN) {
+        c[Counter.DropTruncated]! += 1;
+        continue;
+      }
+      readVnetHeader(slab, slot, vh);
+      const frame = slot + VNET_HDR_LEN;
+      const flen = len - VNET_HDR_LEN;
+      const gso = vh.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
+      const entry = routeFrame(c, this.table, slab, frame, flen, gso === VIRTIO_NET_HDR_GSO_NONE ? this.maxFrame : MAX_FRAME_BYTES);
+      if (entry === undefined) continue;
+      const queue = queues[nQueues === 1 ? 0 : flowHash(slab, frame, flen) % nQueues] as GsoSendQueue;
+
+      if (gso === VIRTIO_NET_HDR_GSO_NONE) {
+        if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && !completeChecksum(slab, frame, flen, vh.csumStart, vh.csumOffset, this.sum)) {
+          c[Counter.DropBadOffload]! += 1;
+          continue;
+        }
+        writeVxlanHeader(slab, frame - VXLAN_HEADER_LEN, this.vni);
+        this.enqueue(queue, frame - VXLAN_HEADER_LEN, flen + VXLAN_HEADER_LEN, 0, entry.underlayIp);
+        out++;
+        continue;
+      }
+      const segOut = this.segBase + i * this.segStride;
+      if (gso !== VIRTIO_NET_HDR_GSO_TCPV4 || !segmentTcp4(slab, frame, flen, vh.gsoSize, segOut, this.segStride, 0, this.sum, plan)) {
+        c[Counter.DropBadOffload]! += 1;
+        continue;
+      }
+      c[Counter.TapRxSuperFrames]! += 1;
+      const per = segmentsPerSend(plan.segSize);
+      let remainingBytes = plan.totalBytes;
+      for (let s = 0; s < plan.segments; s += per) {
+        const bytes = Math.min(remainingBytes, per * plan.segSize);
+        if (queue.count === queue.offs.length) {
+          c[Counter.DropUdpQueueFull]! += 1;
+          break;
+        }
+        this.enqueue(queue, segOut + s * plan.segSize, bytes, plan.segSize, entry.underlayIp);
+        remainingBytes -= bytes;
+        out++;
+      }
+    }
+    return out;
+  }
+
+  private enqueue(queue: GsoSendQueue, off: number, len: number, segSize: number, ip: number): void {
+    const n = queue.count++;
+    queue.offs[n] = off;
+    queue.lens[n] = len;
+    queue.ips[n] = ip;
+    queue.ports[n] = this.port;
+    queue.segSizes[n] = segSize;
+  }
+
+  /**
+   * Validates `count` receive entries datagram by datagram, merges consecutive TCP segments
+   * of one flow, and fills writeOffs/writeLens/writeHdrs. Returns the frames to write.
+   */
+  decapsulate(count: number): number {
+    const c = this.counters;
+    const slab = this.slab;
+    const table = this.table;
+    const co = this.coalescer;
+    c[Counter.UdpRecvBatches]! += 1;
+    let w = 0;
+    for (let i = 0; i < count; i++) {
+      const slot = this.rxBase + i * this.rxStride;
+      const len = this.rxLens[i] as number;
+      const srcIp = this.rxSrcIps[i] as number;
+      if (len === TRUNCATED) {
+        c[Counter.UdpRxDatagrams]! += 1;
+        c[Counter.DropTruncated]! += 1;
+        continue;
+      }
+      const seg = (this.rxSegSizes[i] as number) || len;
+      if (seg < len) c[Counter.UdpRxGroRuns]! += 1;
+      for (let off = slot; off < slot + len; off += seg) {
+        const dlen = Math.min(seg, slot + len - off);
+        if (w >= this.writeOffs.length - 1) {
+          c[Counter.DropTapQueueFull]! += 1;
+          continue;
+        }
+        if (!acceptDatagram(c, table, this.vni, slab, off, dlen, srcIp, this.maxFrame)) continue;
+        const frame = off + VXLAN_HEADER_LEN;
+        const flen = dlen - VXLAN_HEADER_LEN;
+        const hdrLen = tcp4HeaderLength(slab, frame, flen);
+        if (hdrLen > 0 && flen > hdrLen && co.checksumValid(slab, frame, flen)) {
+          if (co.offer(slab, frame, flen, hdrLen)) continue;
+          if (co.start >= 0) w = this.emitCoalesced(w);
+          co.open(slab, frame, flen, hdrLen);
+          continue;
+        }
+        if (co.start >= 0) w = this.emitCoalesced(w);
+        writeVnetHeader(this.writeHdrs, w * VNET_HDR_LEN, 0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0);
+        this.writeOffs[w] = frame;
+        this.writeLens[w] = flen;
+        w++;
+      }
+      if (co.start >= 0) w = this.emitCoalesced(w);
+    }
+    return w;
+  }
+
+  private emitCoalesced(w: number): number {
+    const co = this.coalescer;
+    if (co.segments > 1) this.counters[Counter.TapTxSuperFrames]! += 1;
+    this.writeOffs[w] = co.start;
+    this.writeLens[w] = co.length;
+    co.close(this.slab, this.writeHdrs, w * VNET_HDR_LEN);
+    return w + 1;
+  }
+}
