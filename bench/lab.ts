@@ -785,6 +785,13 @@ export class Lab {
       ipBatch(node.namespace, lines),
       execOk(node.namespace, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]),
     ]);
+    if (overlay === "kernel") {
+      // The lab's underlay is veth, which never finishes checksums: with TX checksum offload
+      // on, the kernel VXLAN device would put inner TCP/UDP segments on our "wire" with only
+      // the pseudo-header sum in them, which a real NIC would have completed. A userspace
+      // peer reads those bytes as they are, so make the kernel finish them in software.
+      await execOk(node.namespace, ["ethtool", "-K", OVERLAY_IF, "tx", "off"]);
+    }
     return node;
   }
 

@@ -155,6 +155,10 @@ export function parsePeers(text: string, self: { nodeName: string; subnet: Subne
       vtepMac = mac.value;
     }
     if (vtepMac === self.vtepMac) return { ok: false, error: `${at}: vtepMac is this node's own VTEP MAC` };
+    for (const other of peers) {
+      if (other.underlayIp === ip.value) return { ok: false, error: `${at}: underlayIp ${ipField.value} is also ${other.name}'s` };
+      if (other.vtepMac === vtepMac) return { ok: false, error: `${at}: vtepMac is also ${other.name}'s` };
+    }
 
     peers.push({ name: name.value, underlayIp: ip.value, subnet: subnet.value, vtepMac, path: "vxlan" });
   }

@@ -62,6 +62,12 @@ export async function closeControl(server: net.Server, runDir: string): Promise<
   try { fs.unlinkSync(controlSocketPath(runDir)); } catch { /* already gone */ }
 }
 
+/** True when a daemon answers on <runDir>/vxmesh.sock. */
+export function controlInUse(runDir: string): Promise<boolean> {
+  const file = controlSocketPath(runDir);
+  return fs.existsSync(file) ? isAlive(file) : Promise.resolve(false);
+}
+
 function isAlive(file: string): Promise<boolean> {
   return new Promise((resolve) => {
     const c = net.connect(file);

@@ -11,7 +11,7 @@ import { HostPlumbing } from "../control/host-plumbing";
 import { findUnderlayInterface } from "../control/underlay";
 import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
 import { IPV4_OVERHEAD, MIN_MTU, readPeersFile, type DaemonConfig } from "./config";
-import { closeControl, listenControl } from "./control-socket";
+import { closeControl, controlInUse, controlSocketPath, listenControl } from "./control-socket";
 import type { Logger } from "./log";
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -49,6 +49,9 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   if (!peersParsed.ok) throw new StartupError(peersParsed.error);
   const peers = peersParsed.value;
 
+  if (await controlInUse(config.runDir)) {
+    throw new StartupError(`--run-dir ${config.runDir}: another vxmesh daemon is serving ${controlSocketPath(config.runDir)}; give this one its own --run-dir`);
+  }
   const underlay = await findUnderlayInterface(config.underlayIp);
   if (!underlay.ok) throw new StartupError(underlay.error);
   const maxMtu = underlay.value.mtu - IPV4_OVERHEAD;
@@ -88,9 +91,16 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
 
     const plumbing = await HostPlumbing.open();
     cleanups.push(() => plumbing.close());
-    await plumbing.configureTap({ ifname: tap.name, mac: config.vtepMac, mtu, address: config.subnet.network });
     cleanups.push(() => plumbing.removeAll(tap.name).then(() => undefined));
-    const changes = await plumbing.setPeers(tap.name, peers.map((p) => ({ subnet: p.subnet, vtepMac: p.vtepMac })));
+    let changes;
+    try {
+      await plumbing.configureTap({ ifname: tap.name, mac: config.vtepMac, mtu, address: config.subnet.network });
+      changes = await plumbing.setPeers(tap.name, peers.map((p) => ({ subnet: p.subnet, vtepMac: p.vtepMac })));
+    } catch (err) {
+      // Typically a route for a peer subnet that something else already installed: ours
+      // would shadow or be shadowed by it, so refuse rather than half-work.
+      throw new StartupError(`programming the kernel: ${(err as Error).message}`);
+    }
 
     const forwarder = await Forwarder.start({
       tapFd: tap.fd, udpFd, sendFds, peers,
@@ -149,6 +159,7 @@ function openTap(native: NativeShim, name: string, vnetHdr: boolean): { fd: numb
     if (code === "EBUSY") throw new StartupError(`--tap ${name}: the device is in use by another process`);
     if (code === "EPERM" || code === "EACCES") throw new StartupError(`--tap ${name}: creating a TAP device needs CAP_NET_ADMIN (${code})`);
     if (code === "ENOENT") throw new StartupError("/dev/net/tun is missing: load the tun module (modprobe tun)");
+    if (code === "EINVAL") throw new StartupError(`--tap ${name}: a device of that name exists and is not a TAP device`);
     throw err;
   }
 }

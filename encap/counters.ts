@@ -9,8 +9,10 @@ export enum Counter {
   /** Datagrams handed to the kernel for the underlay. */
   UdpTxDatagrams,
   UdpTxBytes,
-  /** Datagrams read from the underlay socket. */
+  /** Datagrams read from the underlay socket (a UDP_GRO run counts each datagram in it). */
   UdpRxDatagrams,
+  /** Reads from the underlay socket: one per datagram or per UDP_GRO run (the kernel's Udp InDatagrams). */
+  UdpRxReads,
   UdpRxBytes,
   /** Frames written to the TAP after decapsulation. */
   TapTxFrames,

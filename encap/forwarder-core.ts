@@ -138,6 +138,7 @@ export class ForwarderCore {
     const vni = this.vni;
     let out = 0;
     c[Counter.UdpRecvBatches]! += 1;
+    c[Counter.UdpRxReads]! += count;
     for (let i = 0; i < count; i++) {
       const len = this.udpLens[i] as number;
       const off = i * this.udpStride;

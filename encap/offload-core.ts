@@ -195,6 +195,7 @@ export class OffloadCore {
     const table = this.table;
     const co = this.coalescer;
     c[Counter.UdpRecvBatches]! += 1;
+    c[Counter.UdpRxReads]! += count;
     let w = 0;
     for (let i = 0; i < count; i++) {
       const slot = this.rxBase + i * this.rxStride;
@@ -207,6 +208,11 @@ export class OffloadCore {
       }
       const seg = (this.rxSegSizes[i] as number) || len;
       if (seg < len) c[Counter.UdpRxGroRuns]! += 1;
+      if (len === 0) {
+        c[Counter.UdpRxDatagrams]! += 1;
+        c[Counter.DropRunt]! += 1;
+        continue;
+      }
       for (let off = slot; off < slot + len; off += seg) {
         const dlen = Math.min(seg, slot + len - off);
         if (w >= this.writeOffs.length - 1) {

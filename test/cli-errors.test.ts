@@ -321,11 +321,8 @@ describe("vxmesh daemon: start-up errors inside a lab node", () => {
     }
   });
 
-  // Known defects (reported, not fixed here): these starts are refused and clean up after
-  // themselves, but the refusal is an "internal error" with a stack trace and exit code 70,
-  // not an operator-facing message with exit code 1. Each is split in two: what holds today
-  // (refused, nothing left) and, marked `it.fails`, what should hold (exit 1, one clear line).
-  // When the product is fixed the `it.fails` tests start failing: turn them into `it`.
+  // Conflicts found only once the daemon looks at the peers together or at the kernel: each
+  // start is refused with exit 1 and one clear line, and leaves nothing behind.
   const defects: { name: string; run: () => Promise<Run & { tap: string; runDir: string }>; want: string }[] = [
     {
       name: "two peers with the same underlayIp",
@@ -380,7 +377,7 @@ describe("vxmesh daemon: start-up errors inside a lab node", () => {
       const bridge = await ip(["-n", n1.namespace, "-d", "-j", "link", "show", n1.bridge]);
       expect(bridge.code).toBe(0);
     });
-    it.fails(`${d.name}: exits 1 with one clear line (today: exit 70, internal error)`, () => {
+    it(`${d.name}: exits 1 with one clear line`, () => {
       const r = results.get(d.name);
       expect(r).toBeDefined();
       expect(r?.code).toBe(1);

@@ -240,7 +240,8 @@ describe("e2e: the receive path under a flood of garbage", () => {
       const udp = await udpSnmp(l, n1);
       const counters = (await c.daemon("n1").status()).counters;
       const kernelDelivered = (udp["InDatagrams"] ?? 0) - (before.udp["InDatagrams"] ?? 0);
-      const daemonRead = (counters["udp_rx_datagrams"] ?? 0) - (before.counters["udp_rx_datagrams"] ?? 0);
+      // The kernel counts one per read: a UDP_GRO run of datagrams is one.
+      const daemonRead = (counters["udp_rx_reads"] ?? 0) - (before.counters["udp_rx_reads"] ?? 0);
       return queued === 0 && kernelDelivered === daemonRead ? { udp, counters } : undefined;
     }, { timeoutMs: 10_000, intervalMs: 100, what: "n1's daemon to drain its UDP socket" });
   }
@@ -286,13 +287,16 @@ describe("e2e: the receive path under a flood of garbage", () => {
     expect(back, back.out).toMatchObject({ transmitted: 5, received: 5 });
 
     // Every flood datagram the kernel delivered to the socket is a drop, and nothing else is.
-    expect(drops).toBe(flood.sent - rcvbufErrors);
+    // (RcvbufErrors counts socket buffers, which may each hold a UDP_GRO run, so with any
+    // kernel-side loss only an upper bound holds.)
+    if (rcvbufErrors === 0) expect(drops).toBe(flood.sent);
+    else expect(drops).toBeLessThanOrEqual(flood.sent - rcvbufErrors);
     // What was not dropped is the pods' traffic: every echo reply to n1p1 and every echo request
     // to n1p1 crossed n1's socket once and reached the TAP.
     const legit = (counterDelta["udp_rx_datagrams"] ?? 0) - drops;
     expect(legit).toBe(during.received + after1.received + back.received);
     expect(counterDelta["tap_tx_frames"] ?? 0).toBe(legit);
-    expect(udpDelta["InDatagrams"]).toBe(counterDelta["udp_rx_datagrams"]);
+    expect(udpDelta["InDatagrams"]).toBe(counterDelta["udp_rx_reads"]);
     // By reason: exactly what the sender's own classification predicts (when the kernel
     // dropped none for a full buffer; otherwise no reason may exceed its prediction).
     const byReason = Object.fromEntries(Object.entries(counterDelta).filter(([k]) => k.startsWith("drop_") && k !== "drop_group_destination"));
@@ -333,6 +337,7 @@ describe("e2e: the receive path under a flood of garbage", () => {
 
     expect(sent).toMatchObject({ sent: NON_PEER_DATAGRAMS, failed: 0, expected: { drop_unknown_vtep: NON_PEER_DATAGRAMS } });
     const delivered = sent.sent - rcvbufErrors;
+    expect(rcvbufErrors).toBe(0);
     expect(counterDelta["drop_unknown_vtep"]).toBe(delivered);
     expect(sumDrops(after.counters) - sumDrops(before.counters)).toBe(delivered);
     expect(counterDelta["udp_rx_datagrams"]).toBe(delivered);

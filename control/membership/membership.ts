@@ -51,6 +51,7 @@ export interface MembershipStats {
   deathsDeclared: number;
   addressConflicts: number;
   corrections: number;
+  verificationsAnswered: number;
   pushPulls: number;
   reconnects: number;
   reaped: number;
@@ -98,7 +99,7 @@ export class Membership {
   readonly config: MembershipConfig;
   readonly stats: MembershipStats = {
     probes: 0, probesFailed: 0, indirectProbes: 0, nacksReceived: 0, refutations: 0, suspicionsStarted: 0,
-    confirmations: 0, deathsDeclared: 0, addressConflicts: 0, corrections: 0, pushPulls: 0, reconnects: 0, reaped: 0,
+    confirmations: 0, deathsDeclared: 0, addressConflicts: 0, corrections: 0, verificationsAnswered: 0, pushPulls: 0, reconnects: 0, reaped: 0,
   };
 
   private readonly rng: Rng;
@@ -113,6 +114,8 @@ export class Membership {
   private suspectDeadline = Infinity;
   private readonly failed = new Set<Member>();
   private readonly relays = new Map<number, Relay>();
+  /** Last-chance probes of suspects whose timer ran out, by seq. */
+  private readonly verifies = new Map<number, Member>();
   /** Members alive or suspect, this node included. */
   private live = 1;
   private awareness = 0;
@@ -228,6 +231,10 @@ export class Membership {
       const due: Member[] = [];
       for (const m of this.suspects) if (m.suspicion !== null && now >= m.suspicion.deadline) due.push(m);
       for (const m of due) {
+        if ((m.suspicion as Suspicion).verifySeq === 0) {
+          this.verifySuspect(m, now);
+          continue;
+        }
         this.stats.deathsDeclared++;
         this.deadNode({ type: "dead", incarnation: m.incarnation, name: m.name, from: this.me.name }, now);
       }
@@ -475,6 +482,11 @@ export class Membership {
           this.applyAwareness(-1);
           return;
         }
+        const v = this.verifies.get(m.seq);
+        if (v !== undefined) {
+          this.verifyAnswered(v, m.seq, now);
+          return;
+        }
         const r = this.relays.get(m.seq);
         if (r !== undefined) {
           this.relays.delete(m.seq);
@@ -523,9 +535,14 @@ export class Membership {
   // ---------------------------------------------------------------- state transitions
 
   private aliveNode(a: AliveMsg, now: number): void {
-    const isSelf = a.name === this.me.name;
-    if (isSelf && this.leaving) return;
     let m = this.byName.get(a.name);
+    // The common case first: news we already have about a live member.
+    if (m !== undefined && a.incarnation <= m.incarnation && m !== this.me && (m.state === "alive" || m.state === "suspect")) {
+      if (!sameAddress(m.address, a.address)) this.stats.addressConflicts++;
+      return;
+    }
+    const isSelf = m === this.me;
+    if (isSelf && this.leaving) return;
     let isNew = false;
     let readdress = false;
     if (m === undefined) {
@@ -568,7 +585,9 @@ export class Membership {
     const m = this.byName.get(s.name);
     if (m === undefined) return;
     if (s.incarnation < m.incarnation) {
-      if (from !== undefined) this.correct(m, from, now);
+      // Stale suspicion of ourselves (typically the buddy-system copy on a probe of a node
+      // that missed our refutation): answer with our alive. About others it is harmless.
+      if (from !== undefined && m === this.me) this.correct(m, from, now);
       return;
     }
 
@@ -597,16 +616,59 @@ export class Membership {
 
     // Lifeguard: expect k = suspicionMult − 2 independent confirmations to reach the minimum,
     // none when the cluster is too small to provide them.
+    this.startSuspicion(m, s.from, now);
+    if (!wasSuspect) this.event("suspect", m);
+  }
+
+  private startSuspicion(m: Member, from: string, now: number): void {
+    // Lifeguard: expect k = suspicionMult − 2 independent confirmations to reach the minimum,
+    // none when the cluster is too small to provide them.
     const c = this.config;
     const n = this.live;
     let k = c.suspicionMult - 2;
     if (n - 2 < k) k = 0;
     const min = suspicionTimeout(c.suspicionMult, n, c.probeInterval);
     const max = c.suspicionMaxTimeoutMult * min;
-    m.suspicion = new Suspicion(s.from, k, min, max, now);
+    m.suspicion = new Suspicion(from, k, min, max, now);
     this.suspects.add(m);
     if (m.suspicion.deadline < this.suspectDeadline) this.suspectDeadline = m.suspicion.deadline;
-    if (!wasSuspect) this.event("suspect", m);
+  }
+
+  /**
+   * Not in memberlist: when a suspicion runs out, one last probe before declaring the member
+   * dead — directly with the suspicion attached (so the member can refute on the ack, Lifeguard's
+   * buddy system) and through indirectChecks helpers. Each update is gossiped a bounded number
+   * of times, so now and then a member misses a refutation everyone else heard; this probe
+   * keeps that miss from turning into a false death. A silent member is declared dead one
+   * probe timeout later.
+   */
+  private verifySuspect(m: Member, now: number): void {
+    const sus = m.suspicion as Suspicion;
+    const seq = this.nextSeq();
+    sus.verifySeq = seq;
+    sus.deadline = now + this.scaled(this.config.probeTimeout);
+    this.suspectDeadline = NaN;
+    this.verifies.set(seq, m);
+    this.send(m.address, [
+      { type: "ping", seq, target: m.name, source: this.me.address, sourceName: this.me.name },
+      { type: "suspect", incarnation: m.incarnation, name: m.name, from: this.me.name },
+    ]);
+    const helpers = this.randomMembers(this.config.indirectChecks, (h) => h === this.me || h === m || h.state !== "alive");
+    for (const h of helpers) {
+      this.send(h.address, [{
+        type: "pingReq", seq, target: m.name, targetAddress: m.address, nack: false,
+        source: this.me.address, sourceName: this.me.name,
+      }]);
+    }
+  }
+
+  /** The suspect answered the last-chance probe: not dead; suspect it afresh until it refutes. */
+  private verifyAnswered(m: Member, seq: number, now: number): void {
+    this.verifies.delete(seq);
+    if (m.suspicion === null || m.suspicion.verifySeq !== seq) return;
+    this.stats.verificationsAnswered++;
+    this.clearSuspicion(m);
+    this.startSuspicion(m, this.me.name, now);
   }
 
   private deadNode(d: DeadMsg, now: number, from?: Address): void {
@@ -637,10 +699,10 @@ export class Membership {
   }
 
   /**
-   * Not in memberlist: whoever sends us a suspicion or death notice older than the alive we
-   * hold has missed the refutation (each update is sent a bounded number of times, so now and
-   * then a member misses one and would later declare a live member dead). Send it the alive
-   * directly; the same sender is answered about the same member once per gossip interval.
+   * Not in memberlist: whoever sends us a death notice (or a suspicion of ourselves) older
+   * than the alive we hold has missed a refutation — each update is gossiped a bounded number
+   * of times, so now and then a member misses one. Send it the alive directly; the same sender
+   * is answered about the same member at most once per gossip interval.
    */
   private correct(m: Member, to: Address, now: number): void {
     if (m.state !== "alive") return;
@@ -661,6 +723,7 @@ export class Membership {
 
   private clearSuspicion(m: Member): void {
     if (m.suspicion === null) return;
+    if (m.suspicion.verifySeq !== 0) this.verifies.delete(m.suspicion.verifySeq);
     if (m.suspicion.deadline <= this.suspectDeadline) this.suspectDeadline = NaN;
     m.suspicion = null;
     this.suspects.delete(m);

@@ -7,6 +7,8 @@ export class Suspicion {
   n = 0;
   /** When the suspect should be declared dead unless refuted. */
   deadline: number;
+  /** Seq of the last-chance probe sent when the timer ran out (0: none yet). */
+  verifySeq = 0;
   private readonly confirmations = new Set<string>();
 
   /**
@@ -24,7 +26,7 @@ export class Suspicion {
     if (this.confirmations.has(from)) return false;
     this.confirmations.add(from);
     this.n++;
-    this.deadline = this.start + remainingSuspicionTime(this.n, this.k, this.min, this.max);
+    if (this.verifySeq === 0) this.deadline = this.start + remainingSuspicionTime(this.n, this.k, this.min, this.max);
     return true;
   }
 }

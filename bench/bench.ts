@@ -1,0 +1,809 @@
+// The bench suite (DESIGN §7, issue 5): for each data path — the kernel's VXLAN device (the
+// baseline), vxmesh daemons, and fastd's null method when installed — build the same two-node
+// lab (one pod per node), run the same load pod → pod, and report medians of repetitions with
+// ratios to the kernel. `vxmesh bench` (daemon/bench-command.ts) is the command-line face.
+//
+// Scenarios, all from pod n1p1 to pod n2p1 across the overlay:
+//   tcp1     one TCP stream, iperf3 (first second omitted), Gbit/s received; during it the CPU
+//            (% of one core, /proc/<pid>/stat) and peak RSS (/proc/<pid>/status) of the
+//            userspace data path's processes (vxmesh daemons, fastd) — the busier node's figure
+//   tcp4     four TCP streams, the same way
+//   udp64    64-byte UDP datagrams from one sendmmsg(2) sender per core (a small C program
+//            compiled into the lab's directory; Python if there is no C compiler), offered
+//            without a rate limit; received packets/s counted on the receiving pod's interface
+//            over a window after one second of warm-up, loss against what the sending pod's
+//            interface sent in the same window
+//   udp1400  the same with 1400-byte datagrams; Gbit/s of UDP payload received
+//   rtt      UDP ping-pong between two Node scripts in the pods, process.hrtime per round trip,
+//            N samples at one per millisecond after a warm-up; p50 and p99 in µs
+//
+// Labs are torn down after each path, on failure, and on Ctrl-C (the lab's signal handlers);
+// daemons and fastd run as tracked children of the lab, so they end with it.
+
+import { execFile } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, hostname, loadavg, release } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { Cluster } from "./cluster";
+import { fastdAvailable, fastdVersion, startFastd, FASTD_BIN } from "./fastd";
+import { Lab, waitFor, type LabPod, type OverlayKind } from "./lab";
+import {
+  FIGURES,
+  figureResult,
+  formatNumber,
+  formatRatio,
+  percentile,
+  renderJson,
+  renderMarkdown,
+  renderSvg,
+  ratio,
+  type BenchResults,
+  type MachineInfo,
+  type PathName,
+  type PathResult,
+  type ScenarioName,
+  type ScenarioResult,
+} from "./report";
+
+export { PATH_NAMES, SCENARIO_NAMES } from "./report";
+export type { BenchResults, PathName, ScenarioName } from "./report";
+
+const execFileP = promisify(execFile);
+
+export interface SuiteOptions {
+  paths: readonly PathName[];
+  scenarios: readonly ScenarioName[];
+  /** Length of each measurement. */
+  seconds: number;
+  /** Repetitions of each measurement; the median is reported. */
+  repeat: number;
+  /** Extra flags for the vxmesh daemons. */
+  daemonArgs?: readonly string[];
+  /** Round trips per rtt repetition (default 2000). */
+  rttSamples?: number;
+  /** One line per step and per measurement; default: to stderr. */
+  progress?: (line: string) => void;
+  /** Recorded in the results, e.g. "vxmesh bench --repeat 3". */
+  command?: string;
+  fastdBin?: string;
+}
+
+const IPERF_PORT = 5201;
+const UDP_PORT = 9000;
+const RTT_PORT = 9100;
+const UDP_WARMUP_MS = 1000;
+const RTT_WARMUP = 100;
+const RTT_GAP_MS = 1;
+const PAUSE_BETWEEN_MS = 300;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers that the tests exercise
+
+/** utime + stime (clock ticks) from the text of /proc/<pid>/stat. */
+export function parseProcStatTicks(text: string): number {
+  // The command name (field 2) is in parentheses and may contain spaces; fields after it are
+  // space-separated, utime and stime being fields 14 and 15 (11th and 12th after the ")").
+  const close = text.lastIndexOf(")");
+  if (close < 0) throw new Error("unexpected /proc/<pid>/stat format");
+  const rest = text.slice(close + 2).split(" ");
+  const utime = Number(rest[11]);
+  const stime = Number(rest[12]);
+  if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error("unexpected /proc/<pid>/stat format");
+  return utime + stime;
+}
+
+/** VmRSS in kB from the text of /proc/<pid>/status. */
+export function parseVmRssKb(text: string): number {
+  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(text);
+  if (m === null) throw new Error("no VmRSS in /proc/<pid>/status");
+  return Number(m[1]);
+}
+
+export interface IfCounters {
+  rxPackets: number;
+  txPackets: number;
+  /** Packets the interface could not pass on (counted as sent-but-lost). */
+  txDropped: number;
+}
+
+/** Interface counters from `ip -s -j link show dev X`. */
+export function parseIpLinkStats(json: string): IfCounters {
+  const v = JSON.parse(json) as unknown;
+  const first = Array.isArray(v) ? (v[0] as Record<string, unknown> | undefined) : undefined;
+  const stats = first?.["stats64"] as { rx?: { packets?: number }; tx?: { packets?: number; dropped?: number } } | undefined;
+  if (stats?.rx?.packets === undefined || stats.tx?.packets === undefined) throw new Error("no stats64 in ip -s -j link output");
+  return { rxPackets: stats.rx.packets, txPackets: stats.tx.packets, txDropped: stats.tx.dropped ?? 0 };
+}
+
+export interface UdpRates {
+  pps: number;
+  /** Gbit/s of UDP payload received. */
+  gbps: number;
+  lossPct: number;
+  sent: number;
+  received: number;
+}
+
+/** Rates of a UDP window from counters at its start and end. */
+export function udpRates(rx0: IfCounters, rx1: IfCounters, tx0: IfCounters, tx1: IfCounters, seconds: number, payloadBytes: number): UdpRates {
+  const received = rx1.rxPackets - rx0.rxPackets;
+  const sent = tx1.txPackets + tx1.txDropped - (tx0.txPackets + tx0.txDropped);
+  const pps = received / seconds;
+  return {
+    pps,
+    gbps: (pps * payloadBytes * 8) / 1e9,
+    lossPct: sent > 0 ? Math.max(0, (1 - received / sent) * 100) : 0,
+    sent,
+    received,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generators (written into the lab's directory, run inside the pods)
+
+/** A UDP sender (sendmmsg, 64 datagrams per call) and a receiving "hold" socket. */
+const UDPGEN_C = `
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#define BATCH 64
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+int main(int argc, char **argv) {
+  if (argc == 6 && strcmp(argv[1], "send") == 0) {
+    struct sockaddr_in dst = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[3])) };
+    if (inet_pton(AF_INET, argv[2], &dst.sin_addr) != 1) { fprintf(stderr, "bad address %s\\n", argv[2]); return 2; }
+    double secs = atof(argv[4]); int size = atoi(argv[5]);
+    if (size < 1 || size > 65000) { fprintf(stderr, "bad size\\n"); return 2; }
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    if (fd < 0) { perror("socket"); return 1; }
+    int sb = 4 << 20; setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sb, sizeof sb);
+    static char buf[65536]; struct iovec iov[BATCH]; struct mmsghdr msgs[BATCH];
+    memset(msgs, 0, sizeof msgs);
+    for (int i = 0; i < BATCH; i++) {
+      iov[i].iov_base = buf; iov[i].iov_len = size;
+      msgs[i].msg_hdr.msg_iov = &iov[i]; msgs[i].msg_hdr.msg_iovlen = 1;
+      msgs[i].msg_hdr.msg_name = &dst; msgs[i].msg_hdr.msg_namelen = sizeof dst;
+    }
+    unsigned long long sent = 0, errors = 0; double end = now() + secs;
+    while (now() < end) for (int k = 0; k < 8; k++) { int n = sendmmsg(fd, msgs, BATCH, 0); if (n > 0) sent += n; else errors++; }
+    printf("{\\"sent\\":%llu,\\"errors\\":%llu}\\n", sent, errors);
+    return 0;
+  }
+  if (argc == 4 && strcmp(argv[1], "hold") == 0) {
+    /* A bound socket nobody reads: datagrams are delivered to the pod (and counted on its
+       interface) without an ICMP port-unreachable going back, at no CPU cost for a reader. */
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])) };
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int rb = 4096; setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rb, sizeof rb);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0) { perror("bind"); return 1; }
+    printf("bound\\n"); fflush(stdout);
+    double end = now() + atof(argv[3]);
+    while (now() < end) { struct timespec s = { 0, 50000000 }; nanosleep(&s, NULL); }
+    return 0;
+  }
+  fprintf(stderr, "usage: udpgen send DST PORT SECONDS SIZE | udpgen hold PORT SECONDS\\n");
+  return 2;
+}
+`;
+
+/** The same two modes in Python, for machines without a C compiler (much weaker sender). */
+const UDPGEN_PY = `
+import json, socket, sys, time
+mode = sys.argv[1]
+if mode == "send":
+    dst, port, secs, size = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = bytes(size); end = time.monotonic() + secs; sent = 0; errors = 0
+    while time.monotonic() < end:
+        for _ in range(256):
+            try:
+                s.sendto(b, (dst, port)); sent += 1
+            except OSError:
+                errors += 1
+    print(json.dumps({"sent": sent, "errors": errors}))
+elif mode == "hold":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.bind(("0.0.0.0", int(sys.argv[2])))
+    print("bound", flush=True)
+    time.sleep(float(sys.argv[3]))
+`;
+
+/** Echoes every datagram back to its sender. */
+const RTT_SERVER_JS = `
+const dgram = require("node:dgram");
+const [host, port] = process.argv.slice(1);
+const s = dgram.createSocket("udp4");
+s.on("message", (m, r) => s.send(m, r.port, r.address));
+s.bind(Number(port), host, () => process.stdout.write("listening\\n"));
+`;
+
+/**
+ * Sends one 64-byte datagram at a time, waits for its echo (200 ms timeout = lost), pauses
+ * GAP ms, repeats; the first WARM round trips are not recorded. Prints {"samples":[µs…],"lost"}.
+ */
+const RTT_CLIENT_JS = `
+const dgram = require("node:dgram");
+const [host, port, count, warm, gap] = process.argv.slice(1).map((v, i) => (i === 0 ? v : Number(v)));
+const s = dgram.createSocket("udp4");
+const buf = Buffer.alloc(64);
+const samples = [];
+let seq = 0, lost = 0, t0 = 0n, timer;
+function send() {
+  seq++;
+  buf.writeUInt32BE(seq, 0);
+  timer = setTimeout(onTimeout, 200);
+  t0 = process.hrtime.bigint();
+  s.send(buf, port, host);
+}
+function next() {
+  if (samples.length + lost >= count) {
+    process.stdout.write(JSON.stringify({ samples, lost }) + "\\n");
+    s.close();
+    return;
+  }
+  setTimeout(send, gap);
+}
+function onTimeout() { if (seq > warm) lost++; next(); }
+s.on("message", (m) => {
+  if (m.length < 4 || m.readUInt32BE(0) !== seq) return;
+  const us = Number(process.hrtime.bigint() - t0) / 1000;
+  clearTimeout(timer);
+  if (seq > warm) samples.push(us);
+  next();
+});
+s.bind(0, () => send());
+`;
+
+interface UdpGenerator {
+  /** "2 × sendmmsg (C) senders", for the record. */
+  describe: string;
+  senders: number;
+  send(dst: string, port: number, seconds: number, size: number): string[];
+  hold(port: number, seconds: number): string[];
+}
+
+async function prepareUdpGenerator(dir: string, senders: number): Promise<UdpGenerator> {
+  const src = join(dir, "udpgen.c");
+  const bin = join(dir, "udpgen");
+  writeFileSync(src, UDPGEN_C);
+  try {
+    await execFileP("cc", ["-O2", "-o", bin, src], { timeout: 60_000 });
+    return {
+      describe: `${senders} × sendmmsg(2) sender${senders === 1 ? "" : "s"} (C, 64 datagrams per call), no rate limit`,
+      senders,
+      send: (dst, port, seconds, size) => [bin, "send", dst, String(port), String(seconds), String(size)],
+      hold: (port, seconds) => [bin, "hold", String(port), String(seconds)],
+    };
+  } catch {
+    const py = join(dir, "udpgen.py");
+    writeFileSync(py, UDPGEN_PY);
+    return {
+      describe: `${senders} × Python sendto senders (no C compiler found), no rate limit`,
+      senders,
+      send: (dst, port, seconds, size) => ["python3", py, "send", dst, String(port), String(seconds), String(size)],
+      hold: (port, seconds) => ["python3", py, "hold", String(port), String(seconds)],
+    };
+  }
+}
+
+function udpSenderCount(): number {
+  return Math.min(4, Math.max(2, cpus().length));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resource sampling
+
+let clkTck: number | undefined;
+
+async function clockTicks(): Promise<number> {
+  if (clkTck === undefined) {
+    try {
+      const { stdout } = await execFileP("getconf", ["CLK_TCK"], { timeout: 5000 });
+      const v = Number(stdout.trim());
+      clkTck = Number.isFinite(v) && v > 0 ? v : 100;
+    } catch {
+      clkTck = 100;
+    }
+  }
+  return clkTck;
+}
+
+interface ProcUsage {
+  pid: number;
+  cpuPct: number;
+  rssMb: number;
+}
+
+/** Samples CPU time and RSS of processes from now until finish(). */
+class ResourceSampler {
+  private readonly start = new Map<number, number>();
+  private readonly peakKb = new Map<number, number>();
+  private readonly t0 = process.hrtime.bigint();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly pids: readonly number[], private readonly hz: number) {
+    for (const pid of pids) {
+      const t = readTicks(pid);
+      if (t !== undefined) this.start.set(pid, t);
+    }
+    this.sampleRss();
+    this.timer = setInterval(() => this.sampleRss(), 250);
+  }
+
+  private sampleRss(): void {
+    for (const pid of this.pids) {
+      try {
+        const kb = parseVmRssKb(readFileSync(`/proc/${pid}/status`, "utf8"));
+        this.peakKb.set(pid, Math.max(kb, this.peakKb.get(pid) ?? 0));
+      } catch {
+        /* exited */
+      }
+    }
+  }
+
+  finish(): ProcUsage[] {
+    clearInterval(this.timer);
+    this.sampleRss();
+    const secs = Number(process.hrtime.bigint() - this.t0) / 1e9;
+    const out: ProcUsage[] = [];
+    for (const pid of this.pids) {
+      const a = this.start.get(pid);
+      const b = readTicks(pid);
+      const kb = this.peakKb.get(pid);
+      if (a === undefined || b === undefined || kb === undefined) continue;
+      out.push({ pid, cpuPct: ((b - a) / this.hz / secs) * 100, rssMb: kb / 1024 });
+    }
+    return out;
+  }
+}
+
+function readTicks(pid: number): number | undefined {
+  try {
+    return parseProcStatTicks(readFileSync(`/proc/${pid}/stat`, "utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A data path set up in its lab
+
+interface ActivePath {
+  readonly name: PathName;
+  readonly lab: Lab;
+  /** Traffic goes from client (pod of n1) to server (pod of n2). */
+  readonly client: LabPod;
+  readonly server: LabPod;
+  readonly gen: UdpGenerator;
+  /** Pids of the userspace data path (daemons, fastd); empty for the kernel. */
+  pids(): number[];
+  /** A message when the data path has died (a daemon exited), else undefined. */
+  health(): string | undefined;
+  stop(): Promise<void>;
+}
+
+async function setupPath(name: PathName, opts: SuiteOptions, log: (l: string) => void): Promise<ActivePath> {
+  const overlay: OverlayKind = name === "kernel" ? "kernel" : "vxmesh";
+  const lab = await Lab.build({ nodes: [{ overlay, pods: 1 }, { overlay, pods: 1 }], programPeers: name === "kernel" });
+  let cluster: Cluster | undefined;
+  let stopPath: () => Promise<void> = async () => {};
+  let pids: () => number[] = () => [];
+  let health: () => string | undefined = () => undefined;
+  try {
+    if (name === "vxmesh") {
+      const c = new Cluster(lab);
+      cluster = c;
+      await c.startAll({ extraArgs: opts.daemonArgs ?? [] });
+      stopPath = () => c.stopAll();
+      pids = () => [...c.daemons.values()].map((d) => d.child.pid).filter((p): p is number => p !== undefined);
+      health = () => {
+        for (const d of c.daemons.values()) {
+          if (!d.running) return `the vxmesh daemon on ${d.node.name} exited (${String(d.child.exitCode ?? d.child.signalCode)}); last output: ${d.log.trim().split("\n").slice(-5).join(" | ")}`;
+        }
+        return undefined;
+      };
+    } else if (name === "fastd") {
+      const f = await startFastd(lab, { bin: opts.fastdBin ?? FASTD_BIN });
+      stopPath = () => f.stop();
+      pids = () => f.pids();
+      health = () => {
+        for (const p of f.processes) {
+          if (p.child.exitCode !== null || p.child.signalCode !== null) return `fastd on ${p.node.name} exited; last output: ${p.log().trim().split("\n").slice(-5).join(" | ")}`;
+        }
+        return undefined;
+      };
+    }
+    const [n1, n2] = lab.nodes;
+    const client = n1?.pods[0];
+    const server = n2?.pods[0];
+    if (client === undefined || server === undefined) throw new Error("lab has no pods");
+    await waitFor(async () => (await lab.ping(client, server.ip, { count: 1, timeoutMs: 500 })) && (await lab.ping(server, client.ip, { count: 1, timeoutMs: 500 })), {
+      timeoutMs: 30_000,
+      intervalMs: 200,
+      what: `${client.name} and ${server.name} to reach each other through ${name}`,
+    });
+    const gen = await prepareUdpGenerator(lab.workDir(), udpSenderCount());
+    const iperf = lab.spawn(server, ["iperf3", "-s", "-B", server.ip, "-p", String(IPERF_PORT)]);
+    iperf.stdout?.resume();
+    iperf.stderr?.resume();
+    log(`[${name}] lab ${lab.prefix} ready: ${client.name} ${client.ip} → ${server.name} ${server.ip}`);
+    return {
+      name,
+      lab,
+      client,
+      server,
+      gen,
+      pids,
+      health,
+      stop: async () => {
+        try {
+          await stopPath();
+        } finally {
+          await lab.teardown();
+        }
+      },
+    };
+  } catch (e) {
+    try {
+      await cluster?.stopAll();
+    } finally {
+      await lab.teardown();
+    }
+    throw e;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements
+
+interface Measurement {
+  figures: Record<string, number>;
+  detail: Record<string, unknown>;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+interface IperfReport {
+  error?: string;
+  end?: { sum_received?: { bits_per_second?: number }; sum_sent?: { retransmits?: number } };
+}
+
+async function iperfTcp(p: ActivePath, seconds: number, streams: number): Promise<{ gbps: number; retransmits: number | undefined }> {
+  const argv = ["iperf3", "-c", p.server.ip, "-p", String(IPERF_PORT), "-t", String(seconds), "-O", "1", "-P", String(streams), "-J"];
+  let last = "";
+  for (let attempt = 0; attempt < 40; attempt++) {
+    const r = await p.lab.exec(p.client, argv, { timeoutMs: (seconds + 30) * 1000 });
+    let report: IperfReport | undefined;
+    try {
+      report = JSON.parse(r.stdout) as IperfReport;
+    } catch {
+      report = undefined;
+    }
+    const bps = report?.end?.sum_received?.bits_per_second;
+    if (r.code === 0 && bps !== undefined && report?.error === undefined) {
+      return { gbps: bps / 1e9, retransmits: report?.end?.sum_sent?.retransmits };
+    }
+    last = report?.error ?? (r.stderr.trim() || r.stdout.trim().slice(0, 300) || `exit ${String(r.code)}`);
+    // The server may still be starting, or busy finishing the previous test.
+    if (!/refused|busy|Connection reset|unable to (connect|receive|send)/i.test(last)) break;
+    await sleep(250);
+  }
+  throw new Error(`iperf3 ${streams} stream(s): ${last}`);
+}
+
+async function measureTcp(p: ActivePath, seconds: number, streams: number, withResources: boolean): Promise<Measurement> {
+  const pids = withResources ? p.pids() : [];
+  const hz = await clockTicks();
+  const sampling: { sampler?: ResourceSampler; usage?: ProcUsage[] } = {};
+  // Sample over the part of the run iperf3 reports: after its one omitted second.
+  const startSampling = pids.length > 0 ? setTimeout(() => (sampling.sampler = new ResourceSampler(pids, hz)), 1000) : undefined;
+  const stopSampling = (): ProcUsage[] | undefined => {
+    if (startSampling !== undefined) clearTimeout(startSampling);
+    if (sampling.usage === undefined && sampling.sampler !== undefined) sampling.usage = sampling.sampler.finish();
+    return sampling.usage;
+  };
+  try {
+    const r = await iperfTcp(p, seconds, streams);
+    const usage = stopSampling();
+    const figures: Record<string, number> = { gbps: r.gbps };
+    const detail: Record<string, unknown> = { retransmits: r.retransmits };
+    if (usage !== undefined && usage.length > 0) {
+      figures["cpu_pct"] = Math.max(...usage.map((u) => u.cpuPct));
+      figures["rss_mb"] = Math.max(...usage.map((u) => u.rssMb));
+      detail["processes"] = usage.map((u) => ({ pid: u.pid, cpuPct: round(u.cpuPct, 1), rssMb: round(u.rssMb, 1) }));
+    }
+    return { figures, detail };
+  } finally {
+    stopSampling();
+  }
+}
+
+async function ifCounters(lab: Lab, pod: LabPod): Promise<IfCounters> {
+  const r = await lab.exec(pod, ["ip", "-s", "-j", "link", "show", "dev", pod.ifName], { timeoutMs: 10_000 });
+  if (r.code !== 0) throw new Error(`ip -s link in ${pod.name}: ${r.stderr.trim()}`);
+  return parseIpLinkStats(r.stdout);
+}
+
+function collect(child: ChildProcess): { out: () => string; exited: Promise<number | null> } {
+  let out = "";
+  child.stdout?.setEncoding("utf8").on("data", (c: string) => (out += c));
+  child.stderr?.setEncoding("utf8").on("data", (c: string) => (out += c));
+  const exited = new Promise<number | null>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
+    else child.once("exit", (code) => resolve(code));
+  });
+  return { out: () => out, exited };
+}
+
+async function measureUdp(p: ActivePath, seconds: number, size: number): Promise<Measurement> {
+  const total = UDP_WARMUP_MS / 1000 + seconds + 1;
+  const hold = p.lab.spawn(p.server, p.gen.hold(UDP_PORT, total + 3));
+  const holdOut = collect(hold);
+  try {
+    await waitFor(() => {
+      if (hold.exitCode !== null) throw new Error(`UDP sink exited: ${holdOut.out().trim()}`);
+      return holdOut.out().includes("bound");
+    }, { timeoutMs: 10_000, intervalMs: 20, what: `the UDP sink in ${p.server.name}` });
+    const senders = Array.from({ length: p.gen.senders }, () => {
+      const c = p.lab.spawn(p.client, p.gen.send(p.server.ip, UDP_PORT, total, size));
+      return { child: c, ...collect(c) };
+    });
+    try {
+      await sleep(UDP_WARMUP_MS);
+      const [rx0, tx0] = await Promise.all([ifCounters(p.lab, p.server), ifCounters(p.lab, p.client)]);
+      const t0 = process.hrtime.bigint();
+      await sleep(seconds * 1000);
+      const [rx1, tx1] = await Promise.all([ifCounters(p.lab, p.server), ifCounters(p.lab, p.client)]);
+      const window = Number(process.hrtime.bigint() - t0) / 1e9;
+      const codes = await Promise.all(senders.map((s) => s.exited));
+      const bad = codes.findIndex((c) => c !== 0);
+      if (bad >= 0) throw new Error(`UDP sender exited ${String(codes[bad])}: ${senders[bad]?.out().trim() ?? ""}`);
+      const rates = udpRates(rx0, rx1, tx0, tx1, window, size);
+      if (rates.received <= 0) throw new Error(`no datagram arrived in ${p.server.name} (${rates.sent} sent)`);
+      const figures: Record<string, number> = { loss_pct: rates.lossPct };
+      if (size <= 64) figures["kpps"] = rates.pps / 1000;
+      else figures["gbps"] = rates.gbps;
+      return {
+        figures,
+        detail: {
+          windowS: round(window, 3),
+          sent: rates.sent,
+          received: rates.received,
+          senders: senders.map((s) => safeJson(s.out())),
+        },
+      };
+    } finally {
+      for (const s of senders) if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill("SIGKILL");
+    }
+  } finally {
+    if (hold.exitCode === null && hold.signalCode === null) hold.kill("SIGKILL");
+  }
+}
+
+async function measureRtt(p: ActivePath, samples: number): Promise<Measurement> {
+  const server = p.lab.spawn(p.server, [process.execPath, "-e", RTT_SERVER_JS, p.server.ip, String(RTT_PORT)]);
+  const serverOut = collect(server);
+  try {
+    await waitFor(() => {
+      if (server.exitCode !== null) throw new Error(`rtt echo server exited: ${serverOut.out().trim()}`);
+      return serverOut.out().includes("listening");
+    }, { timeoutMs: 10_000, intervalMs: 20, what: `the rtt echo server in ${p.server.name}` });
+    const budgetMs = (samples + RTT_WARMUP) * (RTT_GAP_MS + 5) + 30_000;
+    const r = await p.lab.exec(p.client, [process.execPath, "-e", RTT_CLIENT_JS, p.server.ip, String(RTT_PORT), String(samples), String(RTT_WARMUP), String(RTT_GAP_MS)], { timeoutMs: budgetMs });
+    if (r.code !== 0) throw new Error(`rtt client exited ${String(r.code)}: ${r.stderr.trim()}`);
+    const res = JSON.parse(r.stdout.trim().split("\n").pop() ?? "") as { samples: number[]; lost: number };
+    const p50 = percentile(res.samples, 50);
+    const p99 = percentile(res.samples, 99);
+    if (p50 === null || p99 === null) throw new Error(`no round trip completed (${res.lost} lost)`);
+    const mean = res.samples.reduce((a, b) => a + b, 0) / res.samples.length;
+    return {
+      figures: { p50_us: p50, p99_us: p99 },
+      detail: { samples: res.samples.length, lost: res.lost, meanUs: round(mean, 1), minUs: round(Math.min(...res.samples), 1), maxUs: round(Math.max(...res.samples), 1) },
+    };
+  } finally {
+    if (server.exitCode === null && server.signalCode === null) server.kill("SIGKILL");
+  }
+}
+
+function measure(p: ActivePath, scenario: ScenarioName, opts: SuiteOptions): Promise<Measurement> {
+  switch (scenario) {
+    case "tcp1": return measureTcp(p, opts.seconds, 1, true);
+    case "tcp4": return measureTcp(p, opts.seconds, 4, false);
+    case "udp64": return measureUdp(p, opts.seconds, 64);
+    case "udp1400": return measureUdp(p, opts.seconds, 1400);
+    case "rtt": return measureRtt(p, opts.rttSamples ?? 2000);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite
+
+function round(v: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(v * f) / f;
+}
+
+function safeJson(text: string): unknown {
+  try {
+    return JSON.parse(text.trim());
+  } catch {
+    return text.trim().slice(0, 200);
+  }
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** "12.41 Gbit/s · CPU 98 % · RSS 61.0 MB" for a progress line. */
+function describeFigures(scenario: ScenarioName, figures: Record<string, number>): string {
+  const parts: string[] = [];
+  for (const f of FIGURES) {
+    if (f.scenario !== scenario) continue;
+    const v = figures[f.key];
+    if (v === undefined) continue;
+    const name = f.key === "cpu_pct" ? "CPU " : f.key === "rss_mb" ? "RSS " : f.key === "loss_pct" ? "loss " : f.key === "p50_us" ? "p50 " : f.key === "p99_us" ? "p99 " : "";
+    parts.push(`${name}${formatNumber(v, f.digits)} ${f.unit}`);
+  }
+  return parts.join(" · ");
+}
+
+async function toolVersion(argv: readonly string[]): Promise<string | undefined> {
+  try {
+    const { stdout } = await execFileP(argv[0] as string, argv.slice(1), { timeout: 5000 });
+    return stdout.split("\n")[0]?.trim() || undefined;
+  } catch (e) {
+    // iperf3 --version exits 0, but some tools print their version with a non-zero code.
+    const out = (e as { stdout?: unknown }).stdout;
+    return typeof out === "string" ? out.split("\n")[0]?.trim() || undefined : undefined;
+  }
+}
+
+async function machineInfo(paths: readonly PathName[], fastdBin: string): Promise<MachineInfo> {
+  const c = cpus();
+  const tools: Record<string, string> = {};
+  const iperf = await toolVersion(["iperf3", "--version"]);
+  if (iperf !== undefined) tools["iperf3"] = iperf.replace(/^iperf\s+/, "");
+  if (paths.includes("fastd")) {
+    const v = await fastdVersion(fastdBin);
+    if (v !== undefined) tools["fastd"] = v.replace(/^fastd\s+/, "");
+  }
+  const cc = await toolVersion(["cc", "--version"]);
+  if (cc !== undefined) tools["cc"] = cc;
+  return {
+    cpuModel: c[0]?.model.trim() ?? "unknown",
+    cores: c.length,
+    kernel: release(),
+    node: process.version,
+    date: new Date().toISOString(),
+    hostname: hostname(),
+    loadAvgStart: round(loadavg()[0] ?? 0, 2),
+    loadAvgEnd: 0,
+    tools,
+  };
+}
+
+/** Whether the fastd path can run here. */
+export function fastdInstalled(bin = FASTD_BIN): boolean {
+  return fastdAvailable(bin);
+}
+
+/** Runs every scenario on every path, sequentially, and returns the results. */
+export async function runSuite(opts: SuiteOptions): Promise<BenchResults> {
+  const log = opts.progress ?? ((line: string) => void process.stderr.write(line + "\n"));
+  const t0 = Date.now();
+  const fastdBin = opts.fastdBin ?? FASTD_BIN;
+  const machine = await machineInfo(opts.paths, fastdBin);
+  const results: BenchResults = {
+    schema: "vxmesh-bench/1",
+    machine,
+    config: {
+      paths: [...opts.paths],
+      scenarios: [...opts.scenarios],
+      seconds: opts.seconds,
+      repeat: opts.repeat,
+      daemonArgs: [...(opts.daemonArgs ?? [])],
+      udpGenerator: "",
+      rttSamples: opts.rttSamples ?? 2000,
+      command: opts.command ?? "vxmesh bench",
+    },
+    durationS: 0,
+    paths: [],
+  };
+  const needsUdp = opts.scenarios.some((s) => s === "udp64" || s === "udp1400");
+
+  for (const name of opts.paths) {
+    const pr: PathResult = { path: name, scenarios: {} };
+    results.paths.push(pr);
+    log(`[${name}] building a 2-node lab …`);
+    const ts = Date.now();
+    let active: ActivePath;
+    try {
+      active = await setupPath(name, opts, log);
+    } catch (e) {
+      pr.error = `setup failed: ${errorText(e)}`;
+      log(`[${name}] ${pr.error}`);
+      continue;
+    }
+    pr.setupS = round((Date.now() - ts) / 1000, 1);
+    if (needsUdp && results.config.udpGenerator === "") results.config.udpGenerator = active.gen.describe;
+    try {
+      for (const scenario of opts.scenarios) {
+        const sr: ScenarioResult = { figures: {}, details: [], errors: [] };
+        pr.scenarios[scenario] = sr;
+        const values = new Map<string, number[]>();
+        for (let rep = 1; rep <= opts.repeat; rep++) {
+          const dead = active.health();
+          if (dead !== undefined) {
+            sr.errors.push(dead);
+            log(`[${name}] ${scenario} ${rep}/${opts.repeat}: ${dead}`);
+            break;
+          }
+          try {
+            const m = await measure(active, scenario, opts);
+            for (const [k, v] of Object.entries(m.figures)) values.set(k, [...(values.get(k) ?? []), v]);
+            sr.details.push({ rep, ...m.detail });
+            log(`[${name}] ${scenario} ${rep}/${opts.repeat}: ${describeFigures(scenario, m.figures)}`);
+          } catch (e) {
+            sr.errors.push(`repetition ${rep}: ${errorText(e)}`);
+            log(`[${name}] ${scenario} ${rep}/${opts.repeat}: failed: ${errorText(e)}`);
+          }
+          await sleep(PAUSE_BETWEEN_MS);
+        }
+        for (const f of FIGURES) {
+          if (f.scenario !== scenario) continue;
+          const v = values.get(f.key);
+          if (v !== undefined) sr.figures[f.key] = figureResult(f.unit, v);
+        }
+        const medians: Record<string, number> = {};
+        for (const [k, fr] of Object.entries(sr.figures)) if (fr.median !== null) medians[k] = fr.median;
+        if (Object.keys(medians).length > 0) {
+          const main = FIGURES.find((f) => f.scenario === scenario && f.chart);
+          const base = results.paths.find((x) => x.path === "kernel")?.scenarios[scenario]?.figures[main?.key ?? ""]?.median;
+          const r = main !== undefined && name !== "kernel" ? ratio(medians[main.key], base) : null;
+          log(`[${name}] ${scenario} median: ${describeFigures(scenario, medians)}${r !== null ? ` (${formatRatio(r)} kernel)` : ""}`);
+        }
+      }
+    } finally {
+      log(`[${name}] tearing the lab down …`);
+      await active.stop();
+    }
+  }
+  results.machine.loadAvgEnd = round(loadavg()[0] ?? 0, 2);
+  results.durationS = round((Date.now() - t0) / 1000, 1);
+  return results;
+}
+
+export interface WrittenFiles {
+  json: string;
+  markdown: string;
+  svg: string;
+}
+
+/** Writes bench-<date>.json / .md / .svg into `dir` (created if missing). */
+export function writeResults(results: BenchResults, dir: string): WrittenFiles {
+  mkdirSync(dir, { recursive: true });
+  const stamp = results.machine.date.replace(/\.\d+Z$/, "Z").replace(/:/g, "-");
+  const base = join(dir, `bench-${stamp}`);
+  const files: WrittenFiles = { json: `${base}.json`, markdown: `${base}.md`, svg: `${base}.svg` };
+  writeFileSync(files.json, renderJson(results));
+  writeFileSync(files.markdown, renderMarkdown(results));
+  writeFileSync(files.svg, renderSvg(results));
+  return files;
+}
+
+/** True when every path was set up and every repetition produced its figures. */
+export function runSucceeded(results: BenchResults): boolean {
+  return results.paths.every((p) => p.error === undefined && Object.values(p.scenarios).every((s) => s !== undefined && s.errors.length === 0));
+}
