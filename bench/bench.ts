@@ -77,6 +77,7 @@ const UDP_WARMUP_MS = 1000;
 const RTT_WARMUP = 100;
 const RTT_GAP_MS = 1;
 const PAUSE_BETWEEN_MS = 300;
+const NICE = (process.env["BENCH_NICE"] ?? "").split(" ").filter((w) => w !== "");
 
 // ---------------------------------------------------------------------------------------------
 // Helpers that the tests exercise
@@ -280,7 +281,7 @@ async function prepareUdpGenerator(dir: string, senders: number): Promise<UdpGen
     return {
       describe: `${senders} × sendmmsg(2) sender${senders === 1 ? "" : "s"} (C, 64 datagrams per call), no rate limit`,
       senders,
-      send: (dst, port, seconds, size) => [bin, "send", dst, String(port), String(seconds), String(size)],
+      send: (dst, port, seconds, size) => [...NICE, bin, "send", dst, String(port), String(seconds), String(size)],
       hold: (port, seconds) => [bin, "hold", String(port), String(seconds)],
     };
   } catch {

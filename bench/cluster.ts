@@ -109,6 +109,7 @@ export class Cluster {
       "--vni", String(node.vni),
       "--vxlan-port", String(node.port),
       "--run-dir", runDir,
+      "--state-dir", join(this.dir, `${node.name}-state`),
       ...(options.extraArgs ?? []),
     ];
     const child = this.lab.spawn(node, argv, { env: { ...process.env, VXMESH_LOG_LEVEL: process.env["VXMESH_LOG_LEVEL"] ?? "info" } });

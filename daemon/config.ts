@@ -21,6 +21,7 @@ export interface DaemonConfig {
   /** undefined: underlay MTU − 50. */
   mtu: number | undefined;
   runDir: string;
+  stateDir: string;
   logLevel: string;
   batch: number;
   sourcePorts: number;
@@ -60,7 +61,8 @@ export const daemonFlags = {
   vtepMac: { name: "vtep-mac", help: "MAC address of this node's VTEP", defaultText: "derived from the node name", parse: parseMac } satisfies FlagSpec<MacAddr>,
   mtu: { name: "mtu", help: `MTU of the TAP and pods, ${MIN_MTU}-${MAX_MTU}`, defaultText: `underlay MTU − ${IPV4_OVERHEAD}`, parse: intInRange(MIN_MTU, MAX_MTU) } satisfies FlagSpec<number>,
   runDir: { name: "run-dir", help: "directory for the control socket", defaultText: "/run/vxmesh", parse: anyText } satisfies FlagSpec<string>,
-  logLevel: { name: "log-level", help: "fatal, error, warn, info, debug or trace", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
+  stateDir: { name: "state-dir", help: "directory for state that survives restarts (pod address leases)", defaultText: "/var/lib/vxmesh", parse: anyText } satisfies FlagSpec<string>,
+  logLevel: { name: "log-level", help: "fatal, error, warn, info, debug, trace or silent", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
   offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
   sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
@@ -85,6 +87,7 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
       vtepMac: v.vtepMac ?? vtepMacFor(nodeName),
       mtu: v.mtu,
       runDir: v.runDir ?? "/run/vxmesh",
+      stateDir: v.stateDir ?? "/var/lib/vxmesh",
       logLevel: v.logLevel ?? "info",
       batch: v.batch ?? 64,
       sourcePorts: v.sourcePorts ?? 8,

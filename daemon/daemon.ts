@@ -12,9 +12,12 @@ import { findUnderlayInterface } from "../control/underlay";
 import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
 import { IPV4_OVERHEAD, MIN_MTU, readPeersFile, type DaemonConfig } from "./config";
 import { closeControl, controlInUse, controlSocketPath, listenControl } from "./control-socket";
+import { removeHandoff, writeHandoff } from "./handoff";
 import type { Logger } from "./log";
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+/** The node bridge pods attach to (DESIGN §1). */
+export const POD_BRIDGE = "vxmesh-br";
 /** Super-frames per TAP read burst and GRO runs per recvmmsg (each up to 64 KB). */
 const OFFLOAD_BATCHES = { tapBatch: 16, rxBatch: 16 };
 
@@ -127,6 +130,13 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
       throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status`);
     });
     cleanups.push(() => closeControl(server, config.runDir));
+
+    // Static subnet: confirmed from the start.
+    writeHandoff(config.runDir, {
+      clusterNetwork: undefined, nodeSubnet: config.subnet, mtu, bridge: POD_BRIDGE,
+      controlSocket: controlSocketPath(config.runDir),
+    });
+    cleanups.push(() => removeHandoff(config.runDir));
 
     log.info({
       node: config.nodeName, vtepMac: formatMac(config.vtepMac), underlay: `${formatIpv4(config.underlayIp)} (${underlay.value.ifname})`,

@@ -498,8 +498,12 @@ export interface MeasureResult {
   join: Percentiles;
   /** (b) ms after the crash until the first/last running node declared the victim dead. */
   crash: { firstSuspect: number; firstDead: number; lastDead: number; declared: number; of: number };
-  /** (c) dead declarations about running nodes (observer, subject) and distinct subjects. */
-  falseDeaths: { events: number; subjects: number; falseSuspicions: number };
+  /**
+   * (c) dead declarations about running nodes: (observer, subject) events and distinct
+   * subjects; suspicion events about running nodes, and distinct (member, incarnation)
+   * suspicions among them (the episodes that had to be refuted).
+   */
+  falseDeaths: { events: number; subjects: number; falseSuspicions: number; falseSuspicionsStarted: number };
   /** (d) per node per second, between joinAt and the end. */
   traffic: { udpPackets: number; udpPayloadBytes: number; udpWireBytes: number; streamBytes: number };
   convergedAtEnd: boolean;
@@ -536,6 +540,7 @@ export function measure(o: MeasureOptions): MeasureResult {
   let falseDeathEvents = 0;
   let falseSuspicions = 0;
   const falseSubjects = new Set<string>();
+  const episodes = new Set<string>();
   let sim: Simulator | null = null;
   const byName = new Map<string, number>();
 
@@ -556,7 +561,10 @@ export function measure(o: MeasureOptions): MeasureResult {
         falseDeathEvents++;
         falseSubjects.add(ev.member.name);
       }
-      if (subjectUp && ev.change === "suspect") falseSuspicions++;
+      if (subjectUp && ev.change === "suspect") {
+        falseSuspicions++;
+        if (now >= opts.joinAt) episodes.add(`${ev.member.name}#${ev.member.incarnation}`);
+      }
     },
   });
   const s = sim;
@@ -588,7 +596,7 @@ export function measure(o: MeasureOptions): MeasureResult {
       declared: deadAt.size,
       of: s.nodes.filter((n) => n.up).length,
     },
-    falseDeaths: { events: falseDeathEvents, subjects: falseSubjects.size, falseSuspicions },
+    falseDeaths: { events: falseDeathEvents, subjects: falseSubjects.size, falseSuspicions, falseSuspicionsStarted: episodes.size },
     traffic: {
       udpPackets: (after.p - before.p) / perNode / seconds,
       udpPayloadBytes: (after.u - before.u) / perNode / seconds,
