@@ -8,7 +8,7 @@
 import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import type { Ipv4 } from "../encap/types";
 import { ENVELOPE_OVERHEAD, LAN_CONFIG, pushPullScale, retransmitLimit, suspicionTimeout } from "../control/membership/config";
-import { measure, type MeasureOptions, type MeasureResult } from "../control/membership/sim";
+import { measure, quietStart, type MeasureOptions, type MeasureResult } from "../control/membership/sim";
 import { packetSize, pushPullSize } from "../control/membership/wire";
 import type { Message, PushPullEntry } from "../control/membership/types";
 
@@ -29,7 +29,7 @@ const USAGE = `usage: node dist/bench/sim.js [--nodes N] [--loss FRACTION] [--se
   --nodes      cluster size (default 1000, at least 4)
   --loss       datagram loss of the second run, 0…0.5 (default 0.1; the first run is loss-free)
   --seed       PRNG seed; the same seed gives the same run (default 1)
-  --duration   virtual seconds per run (default 120)
+  --duration   virtual seconds per run, at least 60 (default 90)
   --delay-min  --delay-max   one-way datagram delay range in ms (default 1…5)
   --wire       pass every datagram of the lossy run through the codec too (slower;
                the loss-free run always does; byte counts come from the codec either way)
@@ -37,7 +37,7 @@ const USAGE = `usage: node dist/bench/sim.js [--nodes N] [--loss FRACTION] [--se
   --json       print the raw results as JSON`;
 
 function parseFlags(argv: readonly string[]): Flags | string {
-  const f: Flags = { nodes: 1000, loss: 0.1, seed: 1, duration: 120, delayMin: 1, delayMax: 5, wire: false, serial: false, json: false };
+  const f: Flags = { nodes: 1000, loss: 0.1, seed: 1, duration: 90, delayMin: 1, delayMax: 5, wire: false, serial: false, json: false };
   const num = (name: string, text: string | undefined, min: number, max: number, integer: boolean): number | string => {
     if (text === undefined) return `${name} needs a value`;
     const v = Number(text);
@@ -55,7 +55,7 @@ function parseFlags(argv: readonly string[]): Flags | string {
       case "--nodes": r = num(key, value(), 4, 20_000, true); if (typeof r === "string") return r; f.nodes = r; break;
       case "--loss": r = num(key, value(), 0, 0.5, false); if (typeof r === "string") return r; f.loss = r; break;
       case "--seed": r = num(key, value(), 0, 2 ** 32 - 1, true); if (typeof r === "string") return r; f.seed = r; break;
-      case "--duration": r = num(key, value(), 40, 3600, false); if (typeof r === "string") return r; f.duration = r; break;
+      case "--duration": r = num(key, value(), 60, 3600, false); if (typeof r === "string") return r; f.duration = r; break;
       case "--delay-min": r = num(key, value(), 0, 1000, false); if (typeof r === "string") return r; f.delayMin = r; break;
       case "--delay-max": r = num(key, value(), 0, 1000, false); if (typeof r === "string") return r; f.delayMax = r; break;
       case "--wire": f.wire = true; break;
@@ -69,10 +69,13 @@ function parseFlags(argv: readonly string[]): Flags | string {
   return f;
 }
 
+const JOIN_AT = 10_000;
+const CRASH_AT = 20_000;
+
 function scenarios(f: Flags): MeasureOptions[] {
   const base = {
     nodes: f.nodes, seed: f.seed, duration: f.duration * 1000, delayMin: f.delayMin, delayMax: f.delayMax,
-    joinAt: 10_000, crashAt: 30_000,
+    joinAt: JOIN_AT, crashAt: CRASH_AT,
   };
   const runs: MeasureOptions[] = [{ ...base, loss: 0, wire: true }];
   if (f.loss > 0) runs.push({ ...base, loss: f.loss, wire: f.wire });
@@ -159,13 +162,14 @@ function table(f: Flags, results: MeasureResult[], realMs: number): string {
     col((r) => `${s1(r.crash.firstDead)} / ${r.crash.declared === r.crash.of ? s1(r.crash.lastDead) : `${r.crash.declared}/${r.crash.of}!`}`),
     `suspicion ${s1(p.suspicionMin)} s min (4·log10 N·1 s), ${s1(p.suspicionMax)} s without confirmations; + ~1–2 s detection, + 0.5 s last probe`]);
   rows.push(["(c) false deaths: events / members", col((r) => `${r.falseDeaths.events} / ${r.falseDeaths.subjects}`),
-    "0 (every false suspicion refuted within the ≥ 12 s timeout)"]);
+    `0 (a false suspicion is refuted well within the ≥ ${s1(p.suspicionMin)} s timeout)`]);
   rows.push(["    false suspicions started", col((r) => `${r.falseDeaths.falseSuspicionsStarted} (${(r.falseDeaths.falseSuspicionsStarted / ((r.options.duration - r.options.joinAt) / 1000)).toFixed(2)}/s)`),
     lossy ? `N·p, p = (1−(1−l)²)(1−(1−l)⁴)³ = ${p.falseSuspicionsPerSecond(lossy.options.loss).toFixed(2)}/s at ${Math.round(lossy.options.loss * 100)}%` : "0"]);
-  rows.push(["(d) gossip UDP per node: bytes/s (+28 B envelope)", col((r) => `${bytes(r.traffic.udpWireBytes)}/s`),
-    `probes ${bytes(p.probeBytes)}/s` + (lossy ? `; + ${bytes(p.updateBytes)} per false suspicion → ${bytes(p.probeBytes + p.updateBytes * p.falseSuspicionsPerSecond(lossy.options.loss))}/s at ${Math.round(lossy.options.loss * 100)}%` : "")]);
-  rows.push(["    datagrams per node per s", col((r) => r.traffic.udpPackets.toFixed(1)), "2 (ping + ack) when quiet"]);
-  rows.push(["    push-pull stream bytes/s per node", col((r) => `${bytes(r.traffic.streamBytes)}/s`),
+  rows.push([`(d) UDP bytes/s per node, quiet (${quietStart(CRASH_AT) / 1000} s → end)`, col((r) => `${bytes(r.quietTraffic.udpWireBytes)}/s`),
+    `probes ${bytes(p.probeBytes)}/s` + (lossy ? `; + ≤ ${bytes(p.updateBytes)} per false suspicion → ≤ ${bytes(p.probeBytes + p.updateBytes * p.falseSuspicionsPerSecond(lossy.options.loss))}/s at ${Math.round(lossy.options.loss * 100)}%` : "")]);
+  rows.push(["    datagrams/s per node, quiet", col((r) => r.quietTraffic.udpPackets.toFixed(1)), "2 (one ping, one ack)"]);
+  rows.push([`    UDP bytes/s per node, ${JOIN_AT / 1000} s → end`, col((r) => `${bytes(r.traffic.udpWireBytes)}/s`), "the above + the join and the crash"]);
+  rows.push(["    push-pull stream bytes/s per node", col((r) => `${bytes(r.quietTraffic.streamBytes)}/s`),
     `2 × ${bytes(p.pushPullBytes * p.pushPull / 2000)} state / ${s1(p.pushPull)} s interval = ${bytes(p.pushPullBytes)}/s`]);
   rows.push(["    converged at the end", col((r) => (r.convergedAtEnd ? "yes" : "NO")), ""]);
   rows.push(["run: real time, events", col((r) => `${(r.realMs / 1000).toFixed(1)} s, ${(r.steps / 1e6).toFixed(2)} M`), ""]);
@@ -176,7 +180,7 @@ function table(f: Flags, results: MeasureResult[], realMs: number): string {
     `${a.padEnd(w0)}  ${cols.map((x, i) => x.padEnd(ws[i] ?? 0)).join("  ")}  ${z}`.trimEnd();
   const out: string[] = [];
   out.push(`vxmesh membership simulator: N=${f.nodes}, seed ${f.seed}, ${f.duration} s virtual per run, delay ${f.delayMin}–${f.delayMax} ms, memberlist LAN defaults`);
-  out.push(`N−1 members start converged; one joins through member 0 at 10 s; one crashes at 30 s. Retransmits per update ${p.retransmits} (4·⌈log10(N+1)⌉), push-pull every ${s1(p.pushPull)} s.`);
+  out.push(`N−1 members start converged; one joins through member 0 at ${JOIN_AT / 1000} s; one crashes at ${CRASH_AT / 1000} s. Retransmits per update ${p.retransmits} (4·⌈log10(N+1)⌉), push-pull every ${s1(p.pushPull)} s.`);
   out.push("");
   out.push(line("", heads, "memberlist's formulas predict"));
   out.push(line("", heads.map((h) => "-".repeat(h.length)), "-----------------------------"));

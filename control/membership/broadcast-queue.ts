@@ -6,8 +6,16 @@
 import type { GossipMsg } from "./types";
 import { messageSize } from "./wire";
 
+/**
+ * What an update is about (a member): the queue keeps its pending update there, so replacing
+ * it costs no lookup.
+ */
+export interface BroadcastSlot {
+  queued: object | null;
+}
+
 interface Item {
-  readonly name: string;
+  readonly slot: BroadcastSlot;
   readonly msg: GossipMsg;
   readonly size: number;
   transmits: number;
@@ -16,21 +24,24 @@ interface Item {
 }
 
 export class BroadcastQueue {
-  private readonly byName = new Map<string, Item>();
+  private count = 0;
+  /** Bytes (sizes plus overheads) of what the last take() returned. */
+  lastTakeBytes = 0;
   /** buckets[t] holds the items sent t times, oldest first. */
   private readonly buckets: Item[][] = [];
   private smallest = Infinity;
 
   get size(): number {
-    return this.byName.size;
+    return this.count;
   }
 
-  /** Queues `msg` about member `name`, replacing an older update about the same member. */
-  enqueue(name: string, msg: GossipMsg, onDone?: () => void): void {
-    const old = this.byName.get(name);
-    if (old !== undefined) this.finish(old);
-    const item: Item = { name, msg, size: messageSize(msg), transmits: 0, done: false, onDone };
-    this.byName.set(name, item);
+  /** Queues `msg` about `slot`'s member, replacing an older update about the same member. */
+  enqueue(slot: BroadcastSlot, msg: GossipMsg, onDone?: () => void): void {
+    const old = slot.queued as Item | null;
+    if (old !== null) this.finish(old);
+    const item: Item = { slot, msg, size: messageSize(msg), transmits: 0, done: false, onDone };
+    slot.queued = item;
+    this.count++;
     this.bucket(0).push(item);
     if (item.size < this.smallest) this.smallest = item.size;
   }
@@ -38,11 +49,13 @@ export class BroadcastQueue {
   /**
    * Takes updates that fit in `space` bytes, each costing its size plus `overhead`, at most
    * `maxCount` of them, counting one transmission each; an update reaching `limit`
-   * transmissions leaves the queue.
+   * transmissions leaves the queue. Updates in `already` (the datagram holds them) are skipped.
    */
-  take(space: number, overhead: number, maxCount: number, limit: number): GossipMsg[] {
+  take(space: number, overhead: number, maxCount: number, limit: number, already?: readonly object[]): GossipMsg[] {
     const out: GossipMsg[] = [];
-    if (this.byName.size === 0 || maxCount <= 0) return out;
+    this.lastTakeBytes = 0;
+    if (this.count === 0 || maxCount <= 0) return out;
+    const space0 = space;
     const moved: Item[] = [];
     for (let t = 0; t < this.buckets.length; t++) {
       if (space < this.smallest + overhead || out.length >= maxCount) break;
@@ -57,7 +70,7 @@ export class BroadcastQueue {
           continue;
         }
         const cost = item.size + overhead;
-        if (cost > space) continue;
+        if (cost > space || (already !== undefined && already.includes(item.msg))) continue;
         space -= cost;
         out.push(item.msg);
         item.transmits++;
@@ -79,22 +92,24 @@ export class BroadcastQueue {
       if (item.transmits >= limit) this.finish(item);
       else this.bucket(item.transmits).push(item);
     }
-    if (this.byName.size === 0) {
+    if (this.count === 0) {
       this.smallest = Infinity;
       for (const b of this.buckets) b.length = 0;
     }
+    this.lastTakeBytes = space0 - space;
     return out;
   }
 
-  /** The queued update about `name`, if any (for tests and status). */
-  peek(name: string): GossipMsg | undefined {
-    return this.byName.get(name)?.msg;
+  /** The update queued about `slot`'s member, if any. */
+  peek(slot: BroadcastSlot): GossipMsg | undefined {
+    return (slot.queued as Item | null)?.msg;
   }
 
   private finish(item: Item): void {
     if (item.done) return;
     item.done = true;
-    if (this.byName.get(item.name) === item) this.byName.delete(item.name);
+    this.count--;
+    if (item.slot.queued === item) item.slot.queued = null;
     item.onDone?.();
   }
 

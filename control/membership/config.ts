@@ -35,14 +35,16 @@ export interface MembershipConfig {
    * they are forgotten, so stale alive gossip with an old incarnation cannot bring them back.
    */
   readonly deadRetention: number;
-  /** Bytes of one datagram's payload: 1400 − 28 for the encryption envelope. */
+  /** Bytes of one datagram's payload: 1400 − the keyring's envelope (33 bytes). */
   readonly datagramBudget: number;
   /** Largest meta blob a member may carry. */
   readonly metaMaxBytes: number;
 }
 
 export const DATAGRAM_MAX = 1400;
-export const ENVELOPE_OVERHEAD = 28;
+/** The keyring's seal (version, key id, nonce, tag) around every datagram. */
+export { ENVELOPE_OVERHEAD } from "../keyring";
+import { ENVELOPE_OVERHEAD } from "../keyring";
 export const DATAGRAM_PAYLOAD_BUDGET = DATAGRAM_MAX - ENVELOPE_OVERHEAD;
 export const META_MAX_BYTES = 512;
 

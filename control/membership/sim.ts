@@ -13,7 +13,7 @@ import { ENVELOPE_OVERHEAD } from "./config";
 import { Membership } from "./membership";
 import { randomInt, seededRng } from "./rng";
 import type { Address, Effect, MemberEffect, MemberState, Message, PushPullEntry, PushPullMsg, Rng } from "./types";
-import { decodePacket, decodePushPull, encodePacket, encodePushPull, packetSize, pushPullSize } from "./wire";
+import { decodePacket, decodePushPull, encodePacket, encodePushPull, pushPullSize } from "./wire";
 
 export interface SimOptions {
   seed: number;
@@ -117,6 +117,8 @@ export class Simulator {
   delivered = 0;
   /** Events processed (for performance reporting). */
   steps = 0;
+  /** Largest datagram payload any node sent. */
+  maxDatagram = 0;
 
   private readonly rng: Rng;
   private readonly heap = new EventHeap();
@@ -242,6 +244,13 @@ export class Simulator {
 
   restoreLink(from: number, to: number): void {
     this.cut.delete(from * 1_000_003 + to);
+  }
+
+  /** Delivers `messages` to node `to` now, as if node `from` had sent them. */
+  inject(to: number, messages: readonly Message[], from: number): void {
+    const n = this.node(to);
+    if (n.m === null) return;
+    this.apply(n, n.m.receive(this.node(from).address, messages, this.now));
   }
 
   /** Runs `fn` at virtual time `t`. */
@@ -391,7 +400,7 @@ export class Simulator {
     for (const fx of effects) {
       switch (fx.kind) {
         case "send":
-          this.sendDatagram(n, fx.to, fx.messages);
+          this.sendDatagram(n, fx.to, fx.messages, fx.size);
           break;
         case "stream":
           this.sendStream(n, fx.to, fx.message);
@@ -422,18 +431,16 @@ export class Simulator {
     return this.delayMin + this.rng() * (this.delayMax - this.delayMin);
   }
 
-  private sendDatagram(src: SimNode, to: Address, messages: readonly Message[]): void {
+  private sendDatagram(src: SimNode, to: Address, messages: readonly Message[], size: number): void {
     let payload: unknown = messages;
-    let size: number;
     if (this.wire) {
       const bytes = encodePacket(messages);
+      if (bytes.length !== size) throw new Error(`send effect says ${size} bytes, the codec made ${bytes.length}`);
       payload = bytes;
-      size = bytes.length;
-    } else {
-      size = packetSize(messages);
     }
     src.udpPackets++;
     src.udpBytes += size;
+    if (size > this.maxDatagram) this.maxDatagram = size;
     const lost = this.rng() < this.loss;
     const delay = this.delay();
     const dst = this.byIp.get(to.ip);
@@ -492,6 +499,14 @@ export interface Percentiles {
   of: number;
 }
 
+export interface Traffic {
+  udpPackets: number;
+  udpPayloadBytes: number;
+  /** Payload plus the keyring's encryption envelope (ENVELOPE_OVERHEAD bytes) per datagram. */
+  udpWireBytes: number;
+  streamBytes: number;
+}
+
 export interface MeasureResult {
   options: Required<Omit<MeasureOptions, "config">> & { config: Partial<MembershipConfig> };
   /** (a) ms after the join until each running node learned of the newcomer. */
@@ -504,8 +519,10 @@ export interface MeasureResult {
    * suspicions among them (the episodes that had to be refuted).
    */
   falseDeaths: { events: number; subjects: number; falseSuspicions: number; falseSuspicionsStarted: number };
-  /** (d) per node per second, between joinAt and the end. */
-  traffic: { udpPackets: number; udpPayloadBytes: number; udpWireBytes: number; streamBytes: number };
+  /** (d) per node per second, between joinAt and the end (the join and the crash included). */
+  traffic: Traffic;
+  /** (d) per node per second once things are quiet: from crashAt + 30 s (quietAt) to the end. */
+  quietTraffic: Traffic;
   convergedAtEnd: boolean;
   virtualMs: number;
   realMs: number;
@@ -526,9 +543,10 @@ export function measure(o: MeasureOptions): MeasureResult {
   const opts = {
     nodes: o.nodes, seed: o.seed, loss: o.loss, duration: o.duration,
     delayMin: o.delayMin ?? 1, delayMax: o.delayMax ?? 5, wire: o.wire ?? true, metaBytes: o.metaBytes ?? 40,
-    config: o.config ?? {}, joinAt: o.joinAt ?? 10_000, crashAt: o.crashAt ?? 30_000,
+    config: o.config ?? {}, joinAt: o.joinAt ?? 10_000, crashAt: o.crashAt ?? 20_000,
   };
   if (opts.nodes < 4) throw new RangeError("measure needs at least 4 nodes");
+  if (!(opts.joinAt < opts.crashAt && opts.crashAt < opts.duration)) throw new RangeError("measure needs joinAt < crashAt < duration");
   const started = performance.now();
   const newcomer = opts.nodes - 1;
   const pick = seededRng(opts.seed ^ 0x5eed);
@@ -540,15 +558,13 @@ export function measure(o: MeasureOptions): MeasureResult {
   let falseDeathEvents = 0;
   let falseSuspicions = 0;
   const falseSubjects = new Set<string>();
-  const episodes = new Set<string>();
-  let sim: Simulator | null = null;
+  const episodes = new Set<number>();
   const byName = new Map<string, number>();
 
-  sim = new Simulator({
+  const s: Simulator = new Simulator({
     seed: opts.seed, loss: opts.loss, delayMin: opts.delayMin, delayMax: opts.delayMax,
     wire: opts.wire, metaBytes: opts.metaBytes, config: opts.config,
     onEvent: (observer, ev, now) => {
-      const s = sim as Simulator;
       const subject = byName.get(ev.member.name);
       if (subject === undefined) return;
       const subjectUp = s.node(subject).up;
@@ -563,26 +579,27 @@ export function measure(o: MeasureOptions): MeasureResult {
       }
       if (subjectUp && ev.change === "suspect") {
         falseSuspicions++;
-        if (now >= opts.joinAt) episodes.add(`${ev.member.name}#${ev.member.incarnation}`);
+        if (now >= opts.joinAt) episodes.add(subject * 2 ** 32 + ev.member.incarnation);
       }
     },
   });
-  const s = sim;
   s.addNodes(opts.nodes);
   for (const n of s.nodes) byName.set(n.name, n.index);
   const initial = s.nodes.map((n) => n.index).filter((i) => i !== newcomer);
   s.startWarm(initial);
 
-  let before: { p: number; u: number; st: number } = { p: 0, u: 0, st: 0 };
+  let before: Totals = { p: 0, u: 0, st: 0 };
+  let quiet: Totals = { p: NaN, u: NaN, st: NaN };
+  const quietAt = quietStart(opts.crashAt);
   s.at(opts.joinAt, () => {
     before = totals(s);
     s.startJoin(newcomer, [0]);
   });
   s.at(opts.crashAt, () => s.crash(victim));
+  if (quietAt < opts.duration) s.at(quietAt, () => (quiet = totals(s)));
   s.runUntil(opts.duration);
 
   const after = totals(s);
-  const seconds = (opts.duration - opts.joinAt) / 1000;
   const perNode = s.nodes.length;
   const observers = s.nodes.filter((n) => n.up && n.index !== newcomer).length;
   const deadTimes = [...deadAt.values()];
@@ -597,12 +614,8 @@ export function measure(o: MeasureOptions): MeasureResult {
       of: s.nodes.filter((n) => n.up).length,
     },
     falseDeaths: { events: falseDeathEvents, subjects: falseSubjects.size, falseSuspicions, falseSuspicionsStarted: episodes.size },
-    traffic: {
-      udpPackets: (after.p - before.p) / perNode / seconds,
-      udpPayloadBytes: (after.u - before.u) / perNode / seconds,
-      udpWireBytes: (after.u - before.u + ENVELOPE_OVERHEAD * (after.p - before.p)) / perNode / seconds,
-      streamBytes: (after.st - before.st) / perNode / seconds,
-    },
+    traffic: traffic(before, after, perNode, (opts.duration - opts.joinAt) / 1000),
+    quietTraffic: traffic(quiet, after, perNode, (opts.duration - quietAt) / 1000),
     convergedAtEnd: s.converged({ suspectIsAlive: true }),
     virtualMs: opts.duration,
     realMs: performance.now() - started,
@@ -610,7 +623,27 @@ export function measure(o: MeasureOptions): MeasureResult {
   };
 }
 
-function totals(s: Simulator): { p: number; u: number; st: number } {
+/** Where the quiet traffic window of measure() starts. */
+export function quietStart(crashAt: number): number {
+  return crashAt + 30_000;
+}
+
+interface Totals {
+  p: number;
+  u: number;
+  st: number;
+}
+
+function traffic(a: Totals, b: Totals, nodes: number, seconds: number): Traffic {
+  return {
+    udpPackets: (b.p - a.p) / nodes / seconds,
+    udpPayloadBytes: (b.u - a.u) / nodes / seconds,
+    udpWireBytes: (b.u - a.u + ENVELOPE_OVERHEAD * (b.p - a.p)) / nodes / seconds,
+    streamBytes: (b.st - a.st) / nodes / seconds,
+  };
+}
+
+function totals(s: Simulator): Totals {
   let p = 0, u = 0, st = 0;
   for (const n of s.nodes) {
     p += n.udpPackets;

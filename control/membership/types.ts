@@ -109,8 +109,11 @@ export interface PushPullMsg {
 export type MemberChange = "alive" | "suspect" | "dead" | "left" | "updated";
 
 export type Effect =
-  /** One datagram holding `messages` (a compound packet); fits the datagram budget. */
-  | { readonly kind: "send"; readonly to: Address; readonly messages: readonly Message[] }
+  /**
+   * One datagram holding `messages` (a compound packet); `size` is its encoded length, within
+   * the datagram budget.
+   */
+  | { readonly kind: "send"; readonly to: Address; readonly messages: readonly Message[]; readonly size: number }
   /**
    * A push-pull over a stream. A request (`reply: false`) opens a connection to `to`; a reply
    * goes back on the connection the request came in on (`to` is then the request's source).
