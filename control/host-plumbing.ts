@@ -65,8 +65,8 @@ export interface TapSettings {
   ifname: string;
   mac: MacAddr;
   mtu: number;
-  /** The node subnet's network address; configured as <address>/32. */
-  address: Ipv4;
+  /** The node subnet's network address, configured as <address>/32; undefined while the node has no subnet. */
+  address: Ipv4 | undefined;
 }
 
 export interface PeerRoute {
@@ -408,6 +408,16 @@ export class HostPlumbing {
       }
     }
 
+    if (address !== undefined) await this.addTapAddress(index, ifname, address);
+
+    // The TAP carries exactly that address: drop a stale one (say, from an earlier subnet).
+    for (const a of await this.addresses(index)) {
+      if (a.local === address && a.prefixLen === 32) continue;
+      await this.deleteAddress(index, ifname, a.local, a.prefixLen, true);
+    }
+  }
+
+  private async addTapAddress(index: number, ifname: string, address: Ipv4): Promise<void> {
     const what = `adding address ${formatIpv4(address)}/32 to ${ifname}`;
     try {
       await this.request(
@@ -425,12 +435,6 @@ export class HostPlumbing {
       );
     } catch (e) {
       throw wrap(what, e);
-    }
-
-    // The TAP carries exactly that address: drop a stale one (say, from an earlier subnet).
-    for (const a of await this.addresses(index)) {
-      if (a.local === address && a.prefixLen === 32) continue;
-      await this.deleteAddress(index, ifname, a.local, a.prefixLen, true);
     }
   }
 

@@ -32,7 +32,7 @@ function words(text: string): Parsed<string[]> {
 const benchFlags = {
   paths: { name: "paths", help: "data paths to compare: kernel, vxmesh, fastd", defaultText: "kernel,vxmesh,fastd (fastd only when /usr/bin/fastd exists)", parse: listOf(PATH_NAMES) },
   scenarios: { name: "scenarios", help: "loads to run: tcp1, tcp4, udp64, udp1400, rtt (daemon CPU/RSS are sampled during tcp1)", defaultText: "tcp1,tcp4,udp64,udp1400,rtt", parse: listOf(SCENARIO_NAMES) },
-  seconds: { name: "seconds", help: "length of each measurement, 1-120", defaultText: "5", parse: intInRange(1, 120) },
+  seconds: { name: "seconds", help: "length of each throughput measurement, 1-120 (rtt always takes 2000 round trips, about 2.5 s)", defaultText: "5", parse: intInRange(1, 120) },
   repeat: { name: "repeat", help: "repetitions of each measurement (the median is reported), 1-20", defaultText: "3", parse: intInRange(1, 20) },
   out: { name: "out", help: "directory for bench-<date>.json, .md and .svg", defaultText: "bench-results", parse: (t: string): Parsed<string> => (t !== "" ? { ok: true, value: t } : { ok: false, error: "a directory" }) },
   daemonArgs: { name: "daemon-args", help: "extra flags for the vxmesh daemons, e.g. \"--batch 32\"", defaultText: "none", parse: words },

@@ -6,12 +6,14 @@ import { daemonFlags, parseDaemonConfig } from "./config";
 import { queryControl } from "./control-socket";
 import { createLogger } from "./log";
 import { StartupError, startDaemon } from "./daemon";
+import { generateKey } from "../control/keyring";
 
 const USAGE = `usage: vxmesh <command> [flags]
 
 commands:
   daemon    run the overlay daemon on this node
-  status    show a running daemon's peers and counters
+  status    show a running daemon's peers, members and counters
+  keygen    print a new gossip key (base64 of 32 random bytes) for a --key-file
   demo      build a 3-node lab in network namespaces and show pods talking across nodes
   help      this text
 
@@ -22,6 +24,9 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "daemon": return runDaemon(rest);
     case "status": return runStatus(rest);
+    case "keygen":
+      process.stdout.write(generateKey() + "\n");
+      return 0;
     case "demo": {
       const { runDemo } = await import("./demo");
       return runDemo(rest);
@@ -114,9 +119,16 @@ async function runStatus(argv: string[]): Promise<number> {
 }
 
 function formatStatus(s: import("./daemon").DaemonStatus): string {
+  const g = s.gossip as { members?: { name: string; state: string; subnet?: string; underlayIp?: string; lease?: string }[]; notReadyBecause?: string } | undefined;
   const lines = [
-    `node ${s.node}  underlay ${s.underlayIp}  subnet ${s.subnet}  vtep ${s.vtepMac}  vni ${s.vni}  port ${s.vxlanPort}  tap ${s.tap} mtu ${s.mtu}`,
+    `node ${s.node}  ${s.mode}  ${s.ready ? "ready" : `NOT READY${g?.notReadyBecause === undefined ? "" : ` (${g.notReadyBecause})`}`}`,
+    `underlay ${s.underlayIp}  subnet ${s.subnet ?? "none yet"}  vtep ${s.vtepMac}  vni ${s.vni}  port ${s.vxlanPort}  tap ${s.tap} mtu ${s.mtu}`,
     "",
+    ...(g?.members === undefined ? [] : [
+      "members:",
+      ...g.members.map((m) => `  ${m.name.padEnd(16)} ${m.state.padEnd(8)} ${(m.underlayIp ?? "").padEnd(16)} ${(m.subnet ?? "").padEnd(18)} ${m.lease ?? ""}`),
+      "",
+    ]),
     "peers:",
     ...s.peers.map((p) => `  ${p.name.padEnd(16)} ${p.underlayIp.padEnd(16)} ${p.subnet.padEnd(18)} ${p.vtepMac}  ${p.path}`),
     "",

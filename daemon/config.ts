@@ -9,11 +9,32 @@ import {
 import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
 import { anyText, boolSwitch, intInRange, parseFlags, type FlagSpec } from "./flags";
 
+/** Static peers from a file, or peers found by gossip. */
+export type PeerSource =
+  | { kind: "static"; peersFile: string; subnet: Subnet }
+  | {
+    kind: "gossip";
+    keyFile: string;
+    /** Seeds to join; empty for the first node. */
+    join: GossipAddress[];
+    gossipPort: number;
+    clusterCidr: Subnet;
+    subnetLen: number;
+    /** A static subnet still announced and defended through gossip; else claimed. */
+    subnet: Subnet | undefined;
+    /** How long a claim must stand unchallenged before it is confirmed (ms). */
+    claimWaitMs: number;
+  };
+
+export interface GossipAddress {
+  ip: Ipv4;
+  port: number;
+}
+
 export interface DaemonConfig {
   nodeName: string;
   underlayIp: Ipv4;
-  subnet: Subnet;
-  peersFile: string;
+  source: PeerSource;
   vni: Vni;
   vxlanPort: number;
   tap: string;
@@ -53,8 +74,14 @@ export function parseLogLevel(text: string): Parsed<string> {
 export const daemonFlags = {
   nodeName: { name: "node-name", help: "this node's name, unique in the cluster", required: true, parse: parseNodeName } satisfies FlagSpec<string>,
   underlayIp: { name: "underlay-ip", help: "this node's underlay IPv4 address; VXLAN is sent from and received on it", required: true, parse: parseIpv4 } satisfies FlagSpec<Ipv4>,
-  subnet: { name: "subnet", help: "this node's pod subnet, e.g. 10.244.1.0/24", required: true, parse: parseSubnet } satisfies FlagSpec<Subnet>,
-  peers: { name: "peers", help: "JSON file listing the other nodes: [{name, underlayIp, subnet, vtepMac}]", required: true, parse: anyText } satisfies FlagSpec<string>,
+  subnet: { name: "subnet", help: "this node's pod subnet, e.g. 10.244.1.0/24 (with --peers: required; with gossip: static instead of claimed)", parse: parseSubnet } satisfies FlagSpec<Subnet>,
+  peers: { name: "peers", help: "static peers: a JSON file listing the other nodes [{name, underlayIp, subnet, vtepMac}] (instead of gossip)", parse: anyText } satisfies FlagSpec<string>,
+  keyFile: { name: "key-file", help: "gossip keyring: base64 AES-256 keys, one per line, the first encrypts (mode 0600; `vxmesh keygen` makes one)", parse: anyText } satisfies FlagSpec<string>,
+  join: { name: "join", help: "gossip seeds to join, HOST:PORT[,HOST:PORT…] (none for the first node)", parse: parseJoinList } satisfies FlagSpec<GossipAddress[]>,
+  gossipPort: { name: "gossip-port", help: "UDP and TCP port for gossip on the underlay address, 1-65535", defaultText: "7946", parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
+  clusterCidr: { name: "cluster-cidr", help: "the pod network node subnets are claimed from", defaultText: "10.244.0.0/16", parse: parseSubnet } satisfies FlagSpec<Subnet>,
+  subnetLen: { name: "subnet-len", help: "prefix length of each node's subnet, from the cluster CIDR's length to 30", defaultText: "24", parse: intInRange(1, 30) } satisfies FlagSpec<number>,
+  claimWait: { name: "claim-wait", help: "seconds a subnet claim must stand unchallenged before it is confirmed (one anti-entropy round), 0-600", defaultText: "30", parse: intInRange(0, 600) } satisfies FlagSpec<number>,
   vni: { name: "vni", help: "VXLAN network identifier, 0-16777215", defaultText: "1", parse: parseVni } satisfies FlagSpec<Vni>,
   vxlanPort: { name: "vxlan-port", help: "UDP port of VXLAN on the underlay (8472 for flannel's)", defaultText: String(VXLAN_DEFAULT_PORT), parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
   tap: { name: "tap", help: "name of the TAP device the daemon creates", defaultText: "vxmesh0", parse: parseIfName } satisfies FlagSpec<string>,
@@ -74,13 +101,34 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
   if (parsed.positional.length > 0) return { ok: false, error: `unexpected argument ${JSON.stringify(parsed.positional[0])}` };
   const v = parsed.values;
   const nodeName = v.nodeName as string;
+  let source: PeerSource;
+  if (v.peers !== undefined) {
+    if (v.subnet === undefined) return { ok: false, error: "--subnet is required with --peers: static peers need this node's subnet" };
+    if (v.keyFile !== undefined || v.join !== undefined) return { ok: false, error: "--peers (static peers) cannot be combined with --key-file or --join (gossip)" };
+    source = { kind: "static", peersFile: v.peers, subnet: v.subnet };
+  } else {
+    if (v.keyFile === undefined) {
+      return { ok: false, error: "--key-file is required for gossip (or give --peers FILE for static peers): the gossip keyring, from `vxmesh keygen`" };
+    }
+    const clusterCidr = v.clusterCidr ?? DEFAULT_CLUSTER_CIDR;
+    const subnetLen = v.subnetLen ?? 24;
+    if (subnetLen < clusterCidr.prefixLen) {
+      return { ok: false, error: `--subnet-len ${subnetLen} is shorter than --cluster-cidr ${formatSubnet(clusterCidr)}'s prefix: expected ${clusterCidr.prefixLen} to 30` };
+    }
+    if (v.subnet !== undefined && !subnetInside(v.subnet, clusterCidr)) {
+      return { ok: false, error: `--subnet ${formatSubnet(v.subnet)} is not inside --cluster-cidr ${formatSubnet(clusterCidr)}` };
+    }
+    source = {
+      kind: "gossip", keyFile: v.keyFile, join: v.join ?? [], gossipPort: v.gossipPort ?? 7946, clusterCidr, subnetLen,
+      subnet: v.subnet, claimWaitMs: (v.claimWait ?? 30) * 1000,
+    };
+  }
   return {
     ok: true,
     value: {
       nodeName,
       underlayIp: v.underlayIp as Ipv4,
-      subnet: v.subnet as Subnet,
-      peersFile: v.peers as string,
+      source,
       vni: v.vni ?? (1 as Vni),
       vxlanPort: v.vxlanPort ?? VXLAN_DEFAULT_PORT,
       tap: v.tap ?? "vxmesh0",
@@ -94,6 +142,27 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
       offload: v.offload ?? true,
     },
   };
+}
+
+const DEFAULT_CLUSTER_CIDR: Subnet = { family: 4, network: 0x0af40000 as Ipv4, prefixLen: 16 };
+
+function subnetInside(inner: Subnet, outer: Subnet): boolean {
+  return inner.prefixLen >= outer.prefixLen && subnetsOverlap(inner, outer);
+}
+
+/** "192.0.2.11:7946,192.0.2.12" (the port defaults to 7946). */
+export function parseJoinList(text: string): Parsed<GossipAddress[]> {
+  const out: GossipAddress[] = [];
+  for (const part of text.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
+    const [host = "", portText] = part.split(":");
+    const ip = parseIpv4(host);
+    const port = portText === undefined ? 7946 : Number(portText);
+    if (!ip.ok || !Number.isInteger(port) || port < 1 || port > 65535 || (portText !== undefined && !/^\d+$/.test(portText))) {
+      return { ok: false, error: "a comma-separated list of IPv4:PORT such as 192.0.2.11:7946 (the port defaults to 7946)" };
+    }
+    out.push({ ip: ip.value, port });
+  }
+  return out.length > 0 ? { ok: true, value: out } : { ok: false, error: "at least one IPv4:PORT such as 192.0.2.11:7946" };
 }
 
 /**

@@ -1,34 +1,30 @@
-// The composition root for `vxmesh daemon`: TAP + underlay socket + host plumbing +
-// forwarder thread + control socket, and a shutdown that removes everything it made.
+// The composition root for `vxmesh daemon`: checks, the data plane, the peer source (a static
+// file or gossip), the control socket and the run-dir hand-off, and a shutdown that removes
+// everything it made.
 
-import { writeFileSync } from "node:fs";
 import type { Server } from "node:net";
-import { Forwarder } from "../encap/forwarder";
 import type { Peer } from "../encap/fdb";
-import { loadNative, type NativeShim } from "../encap/native";
-import { formatIpv4, formatMac, formatSubnet } from "../encap/types";
-import { HostPlumbing } from "../control/host-plumbing";
+import { formatIpv4, formatMac, formatSubnet, type Subnet } from "../encap/types";
+import { loadKeyring, type Keyring } from "../control/keyring";
 import { findUnderlayInterface } from "../control/underlay";
-import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
 import { IPV4_OVERHEAD, MIN_MTU, readPeersFile, type DaemonConfig } from "./config";
 import { closeControl, controlInUse, controlSocketPath, listenControl } from "./control-socket";
+import { DataPlane } from "./dataplane";
+import { GossipController } from "./gossip-controller";
 import { removeHandoff, writeHandoff } from "./handoff";
 import type { Logger } from "./log";
+import { StartupError } from "./startup-error";
 
-const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+export { StartupError } from "./startup-error";
+
 /** The node bridge pods attach to (DESIGN §1). */
 export const POD_BRIDGE = "vxmesh-br";
-/** Super-frames per TAP read burst and GRO runs per recvmmsg (each up to 64 KB). */
-const OFFLOAD_BATCHES = { tapBatch: 16, rxBatch: 16 };
-
-/** A start-up failure the operator can fix; its message is the whole story. */
-export class StartupError extends Error {
-  override readonly name = "StartupError";
-}
+/** How often the kernel state is re-checked against what the daemon wants. */
+const RECONCILE_INTERVAL_MS = 10_000;
 
 export interface RunningDaemon {
   status(): DaemonStatus;
-  /** Leaves nothing behind: forwarder stopped, routes and neighbours removed, TAP closed. */
+  /** Leaves nothing behind: cluster left, forwarder stopped, routes and neighbours removed, TAP closed. */
   stop(): Promise<void>;
   /** Resolves if the forwarder thread dies on its own (a bug); the daemon must then exit. */
   readonly failed: Promise<Error>;
@@ -36,8 +32,10 @@ export interface RunningDaemon {
 
 export interface DaemonStatus {
   node: string;
+  mode: "static" | "gossip";
+  ready: boolean;
   underlayIp: string;
-  subnet: string;
+  subnet: string | null;
   vtepMac: string;
   vni: number;
   vxlanPort: number;
@@ -45,13 +43,24 @@ export interface DaemonStatus {
   mtu: number;
   peers: { name: string; underlayIp: string; subnet: string; vtepMac: string; path: string }[];
   counters: Record<string, number>;
+  gossip?: object;
 }
 
 export async function startDaemon(config: DaemonConfig, log: Logger): Promise<RunningDaemon> {
-  const peersParsed = readPeersFile(config.peersFile, config);
-  if (!peersParsed.ok) throw new StartupError(peersParsed.error);
-  const peers = peersParsed.value;
-
+  const src = config.source;
+  // Everything that can be checked without touching the kernel is checked first.
+  let staticPeers: Peer[] = [];
+  if (src.kind === "static") {
+    const parsed = readPeersFile(src.peersFile, { ...config, subnet: src.subnet });
+    if (!parsed.ok) throw new StartupError(parsed.error);
+    staticPeers = parsed.value;
+  }
+  let keyring: Keyring | undefined;
+  if (src.kind === "gossip") {
+    const loaded = loadKeyring(src.keyFile);
+    if (!loaded.ok) throw new StartupError(`--key-file: ${loaded.error}`);
+    keyring = loaded.value;
+  }
   if (await controlInUse(config.runDir)) {
     throw new StartupError(`--run-dir ${config.runDir}: another vxmesh daemon is serving ${controlSocketPath(config.runDir)}; give this one its own --run-dir`);
   }
@@ -66,7 +75,6 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     throw new StartupError(`the underlay ${underlay.value.ifname} has MTU ${underlay.value.mtu}, leaving ${mtu} for pods, below the minimum ${MIN_MTU}`);
   }
 
-  const native = loadNative();
   const cleanups: (() => Promise<void> | void)[] = [];
   const undo = async (): Promise<void> => {
     for (const fn of cleanups.splice(0).reverse()) {
@@ -75,54 +83,51 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   };
 
   try {
-    const tap = openTap(native, config.tap, config.offload);
-    cleanups.push(() => native.close(tap.fd));
-    // With checksum and TSO offload on, the kernel hands the TAP 64 KB TCP super-frames and
-    // leaves checksums partial; the forwarder segments and completes them.
-    if (config.offload) native.tapSetOffload(tap.fd, TUN_F_CSUM | TUN_F_TSO4);
-    disableIpv6(tap.name, log);
-    const udpFd = openUdp(native, config);
-    cleanups.push(() => native.close(udpFd));
-    if (config.offload) native.udpSetGro(udpFd, true);
-    const sendFds: number[] = [];
-    for (let i = 0; i < config.sourcePorts; i++) {
-      // Port 0: the kernel picks from its ephemeral range, as it does for its own VXLAN.
-      const fd = native.udpOpen(config.underlayIp, 0, 0, SOCKET_BUFFER_BYTES);
-      cleanups.push(() => native.close(fd));
-      sendFds.push(fd);
-    }
+    const dp = await DataPlane.start({
+      underlayIp: config.underlayIp, vxlanPort: config.vxlanPort, vni: config.vni, tap: config.tap, vtepMac: config.vtepMac,
+      mtu, batch: config.batch, sourcePorts: config.sourcePorts, offload: config.offload,
+    }, log);
+    cleanups.push(() => dp.stop());
 
-    const plumbing = await HostPlumbing.open();
-    cleanups.push(() => plumbing.close());
-    cleanups.push(() => plumbing.removeAll(tap.name).then(() => undefined));
-    let changes;
-    try {
-      await plumbing.configureTap({ ifname: tap.name, mac: config.vtepMac, mtu, address: config.subnet.network });
-      changes = await plumbing.setPeers(tap.name, peers.map((p) => ({ subnet: p.subnet, vtepMac: p.vtepMac })));
-    } catch (err) {
-      // Typically a route for a peer subnet that something else already installed: ours
-      // would shadow or be shadowed by it, so refuse rather than half-work.
-      throw new StartupError(`programming the kernel: ${(err as Error).message}`);
-    }
+    // The hand-off tells CNI the subnet once it is confirmed, and is withdrawn when it is not.
+    const handoff = (subnet: Subnet | undefined): void => {
+      if (subnet === undefined) removeHandoff(config.runDir);
+      else writeHandoff(config.runDir, {
+        clusterNetwork: src.kind === "gossip" ? src.clusterCidr : undefined, nodeSubnet: subnet, mtu, bridge: POD_BRIDGE,
+        controlSocket: controlSocketPath(config.runDir),
+      });
+    };
+    cleanups.push(() => removeHandoff(config.runDir));
 
-    const forwarder = await Forwarder.start({
-      tapFd: tap.fd, udpFd, sendFds, peers,
-      core: { vni: config.vni, port: config.vxlanPort, mtu, batch: config.batch, sourcePorts: config.sourcePorts },
-      offload: config.offload ? OFFLOAD_BATCHES : undefined,
-    });
-    cleanups.push(() => forwarder.stop());
+    let gossip: GossipController | undefined;
+    if (src.kind === "static") {
+      await applyOrRefuse(() => dp.setSubnet(src.subnet, config.vtepMac));
+      await applyOrRefuse(() => dp.setPeers(staticPeers));
+    } else {
+      gossip = await GossipController.start({
+        nodeName: config.nodeName, underlayIp: config.underlayIp, gossipPort: src.gossipPort, vtepMac: config.vtepMac,
+        vni: config.vni, vxlanPort: config.vxlanPort, seeds: src.join, keyring: keyring as Keyring,
+        clusterCidr: src.clusterCidr, subnetLen: src.subnetLen, staticSubnet: src.subnet, claimWaitMs: src.claimWaitMs,
+        stateDir: config.stateDir, onSubnet: handoff,
+      }, dp, log);
+      const g = gossip;
+      cleanups.push(() => g.stop());
+    }
 
     const status = (): DaemonStatus => ({
       node: config.nodeName,
+      mode: src.kind,
+      ready: gossip === undefined ? true : gossip.ready,
       underlayIp: formatIpv4(config.underlayIp),
-      subnet: formatSubnet(config.subnet),
+      subnet: dp.currentSubnet === undefined ? null : formatSubnet(dp.currentSubnet),
       vtepMac: formatMac(config.vtepMac),
       vni: config.vni,
       vxlanPort: config.vxlanPort,
-      tap: tap.name,
+      tap: dp.tapName,
       mtu,
-      peers: peers.map(describePeer),
-      counters: forwarder.counters(),
+      peers: dp.currentPeers.map(describePeer),
+      counters: dp.counters(),
+      ...(gossip === undefined ? {} : { gossip: gossip.status() }),
     });
 
     const server: Server = await listenControl(config.runDir, (req) => {
@@ -130,70 +135,41 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
       throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status`);
     });
     cleanups.push(() => closeControl(server, config.runDir));
+    if (src.kind === "static") handoff(src.subnet);
 
-    // Static subnet: confirmed from the start.
-    writeHandoff(config.runDir, {
-      clusterNetwork: undefined, nodeSubnet: config.subnet, mtu, bridge: POD_BRIDGE,
-      controlSocket: controlSocketPath(config.runDir),
-    });
-    cleanups.push(() => removeHandoff(config.runDir));
+    const reconcile = setInterval(() => {
+      void dp.reconcile().then((s) => {
+        if (s.routesAdded + s.routesRemoved + s.neighboursSet + s.neighboursRemoved > 0) {
+          log.warn(s, "kernel state had drifted from what vxmesh owns; repaired");
+        }
+      }, (err: unknown) => log.warn({ err }, "reconcile failed"));
+    }, RECONCILE_INTERVAL_MS);
+    cleanups.push(() => clearInterval(reconcile));
 
     log.info({
-      node: config.nodeName, vtepMac: formatMac(config.vtepMac), underlay: `${formatIpv4(config.underlayIp)} (${underlay.value.ifname})`,
-      subnet: formatSubnet(config.subnet), vni: config.vni, vxlanPort: config.vxlanPort, tap: tap.name, mtu,
-      peers: peers.length, routes: changes, controlSocket: config.runDir, offload: config.offload,
+      node: config.nodeName, mode: src.kind, vtepMac: formatMac(config.vtepMac), underlay: `${formatIpv4(config.underlayIp)} (${underlay.value.ifname})`,
+      vni: config.vni, vxlanPort: config.vxlanPort, tap: dp.tapName, mtu, offload: config.offload, controlSocket: controlSocketPath(config.runDir),
+      ...(src.kind === "static" ? { subnet: formatSubnet(src.subnet), peers: staticPeers.length } : { gossipPort: src.gossipPort, join: src.join.map((j) => `${formatIpv4(j.ip)}:${j.port}`) }),
     }, "vxmesh forwarding");
 
-    const failed = new Promise<Error>((resolve) => forwarder.onFailure(resolve));
+    const failed = new Promise<Error>((resolve) => dp.onFailure(resolve));
     let stopping: Promise<void> | undefined;
-    return {
-      status,
-      failed,
-      stop: () => (stopping ??= undo()),
-    };
+    return { status, failed, stop: () => (stopping ??= undo()) };
   } catch (err) {
     await undo();
     throw err;
   }
 }
 
+/** Kernel conflicts at start (a route someone else owns) are the operator's to fix. */
+async function applyOrRefuse(fn: () => Promise<unknown>): Promise<void> {
+  try {
+    await fn();
+  } catch (err) {
+    throw new StartupError(`programming the kernel: ${(err as Error).message}`);
+  }
+}
+
 function describePeer(p: Peer): DaemonStatus["peers"][number] {
   return { name: p.name, underlayIp: formatIpv4(p.underlayIp), subnet: formatSubnet(p.subnet), vtepMac: formatMac(p.vtepMac), path: p.path };
-}
-
-function openTap(native: NativeShim, name: string, vnetHdr: boolean): { fd: number; name: string } {
-  try {
-    return native.tapOpen(name, { vnetHdr });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "EBUSY") throw new StartupError(`--tap ${name}: the device is in use by another process`);
-    if (code === "EPERM" || code === "EACCES") throw new StartupError(`--tap ${name}: creating a TAP device needs CAP_NET_ADMIN (${code})`);
-    if (code === "ENOENT") throw new StartupError("/dev/net/tun is missing: load the tun module (modprobe tun)");
-    if (code === "EINVAL") throw new StartupError(`--tap ${name}: a device of that name exists and is not a TAP device`);
-    throw err;
-  }
-}
-
-/**
- * The overlay carries IPv4 only for now; without this the kernel would send IPv6 neighbour
- * discovery and MLD out of the TAP, which the forwarder can only drop.
- */
-function disableIpv6(ifname: string, log: Logger): void {
-  try {
-    writeFileSync(`/proc/sys/net/ipv6/conf/${ifname}/disable_ipv6`, "1");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") log.warn({ err }, "could not disable IPv6 on the TAP");
-  }
-}
-
-function openUdp(native: NativeShim, config: DaemonConfig): number {
-  try {
-    return native.udpOpen(config.underlayIp, config.vxlanPort, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "EADDRINUSE") {
-      throw new StartupError(`--vxlan-port ${config.vxlanPort}: UDP ${formatIpv4(config.underlayIp)}:${config.vxlanPort} is already in use (a kernel VXLAN device or another daemon?)`);
-    }
-    throw err;
-  }
 }

@@ -135,7 +135,7 @@ describe("vxmesh CLI: usage", () => {
       expect(i, `--${spec.name} in:\n${r.stdout}`).toBeGreaterThanOrEqual(0);
       expect(lines[i + 1]?.trim(), `env var of --${spec.name}`).toBe(`env ${envName(spec.name)}`);
     }
-    for (const required of ["node-name", "underlay-ip", "subnet", "peers"]) {
+    for (const required of ["node-name", "underlay-ip"]) {
       expect(lines.find((l) => l.includes(`--${required} `))).toContain("(required)");
     }
   });
@@ -171,7 +171,10 @@ describe("vxmesh daemon: bad flags exit 2 naming the flag, the value and what is
     { name: "unknown flag --bogus", extra: ["--bogus", "1"], want: ["unknown flag --bogus", "valid flags: --node-name", "--vni"] },
     { name: "a flag without its value", extra: ["--vni"], want: ["--vni needs a value", "0-16777215"] },
     { name: "an unexpected positional argument", extra: ["extra"], want: ['unexpected argument "extra"'] },
-    { name: "missing required --peers", over: { peers: null }, want: ["--peers is required"] },
+    { name: "neither --peers nor --key-file", over: { peers: null }, want: ["--key-file is required for gossip (or give --peers FILE for static peers)"] },
+    { name: "--peers without --subnet", over: { subnet: null }, want: ["--subnet is required with --peers"] },
+    { name: "--peers together with --key-file", extra: ["--key-file", "/tmp/k"], want: ["--peers (static peers) cannot be combined with --key-file"] },
+    { name: "a bad --join list", over: { peers: null }, extra: ["--key-file", "/tmp/k", "--join", "192.0.2.1:99999"], want: ['--join "192.0.2.1:99999" is not valid', "IPv4:PORT"] },
     { name: "missing required --node-name", over: { "node-name": null }, want: ["--node-name is required"] },
     { name: "VXMESH_VNI=abc in the environment", env: { VXMESH_VNI: "abc" }, want: ['VXMESH_VNI "abc" is not valid', "0 to 16777215"] },
     { name: "VXMESH_MTU=10 in the environment", env: { VXMESH_MTU: "10" }, want: ['VXMESH_MTU "10" is not valid', "576 to 9000"] },

@@ -1,0 +1,184 @@
+// The node's data plane as one unit: the TAP, the underlay sockets, the forwarder thread and
+// the kernel state (address, routes, neighbours). The control plane tells it the node's subnet
+// and the peers; it applies changes one at a time and removes everything on stop.
+
+import { writeFileSync } from "node:fs";
+import { Forwarder } from "../encap/forwarder";
+import type { Peer } from "../encap/fdb";
+import { loadNative, type NativeShim } from "../encap/native";
+import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
+import { formatIpv4, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
+import { HostPlumbing, type PlumbingSummary } from "../control/host-plumbing";
+import type { Logger } from "./log";
+import { StartupError } from "./startup-error";
+
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+/** Super-frames per TAP read burst and GRO runs per recvmmsg (each up to 64 KB). */
+const OFFLOAD_BATCHES = { tapBatch: 16, rxBatch: 16 };
+
+export interface DataPlaneOptions {
+  underlayIp: Ipv4;
+  vxlanPort: number;
+  vni: Vni;
+  tap: string;
+  vtepMac: MacAddr;
+  mtu: number;
+  batch: number;
+  sourcePorts: number;
+  offload: boolean;
+}
+
+export class DataPlane {
+  private subnet: Subnet | undefined;
+  private peers: readonly Peer[] = [];
+  /** Changes run one after another; each starts from the last one's result. */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    readonly tapName: string,
+    readonly mtu: number,
+    private readonly forwarder: Forwarder,
+    private readonly plumbing: HostPlumbing,
+    private readonly undo: () => Promise<void>,
+  ) {}
+
+  static async start(o: DataPlaneOptions, log: Logger): Promise<DataPlane> {
+    const native = loadNative();
+    const cleanups: (() => Promise<void> | void)[] = [];
+    const undo = async (): Promise<void> => {
+      for (const fn of cleanups.splice(0).reverse()) {
+        try { await fn(); } catch (err) { log.warn({ err }, "cleanup step failed"); }
+      }
+    };
+    try {
+      const tap = openTap(native, o.tap, o.offload);
+      cleanups.push(() => native.close(tap.fd));
+      // With checksum and TSO offload on, the kernel hands the TAP 64 KB TCP super-frames and
+      // leaves checksums partial; the forwarder segments and completes them.
+      if (o.offload) native.tapSetOffload(tap.fd, TUN_F_CSUM | TUN_F_TSO4);
+      disableIpv6(tap.name, log);
+      const udpFd = openUdp(native, o);
+      cleanups.push(() => native.close(udpFd));
+      if (o.offload) native.udpSetGro(udpFd, true);
+      const sendFds: number[] = [];
+      for (let i = 0; i < o.sourcePorts; i++) {
+        // Port 0: the kernel picks from its ephemeral range, as it does for its own VXLAN.
+        const fd = native.udpOpen(o.underlayIp, 0, 0, SOCKET_BUFFER_BYTES);
+        cleanups.push(() => native.close(fd));
+        sendFds.push(fd);
+      }
+
+      const plumbing = await HostPlumbing.open();
+      cleanups.push(() => plumbing.close());
+      cleanups.push(() => plumbing.removeAll(tap.name).then(() => undefined));
+      try {
+        await plumbing.configureTap({ ifname: tap.name, mac: o.vtepMac, mtu: o.mtu, address: undefined });
+      } catch (err) {
+        throw new StartupError(`configuring ${tap.name}: ${(err as Error).message}`);
+      }
+
+      const forwarder = await Forwarder.start({
+        tapFd: tap.fd, udpFd, sendFds, peers: [],
+        core: { vni: o.vni, port: o.vxlanPort, mtu: o.mtu, batch: o.batch, sourcePorts: o.sourcePorts },
+        offload: o.offload ? OFFLOAD_BATCHES : undefined,
+      });
+      cleanups.push(() => forwarder.stop());
+      return new DataPlane(tap.name, o.mtu, forwarder, plumbing, undo);
+    } catch (err) {
+      await undo();
+      throw err;
+    }
+  }
+
+  /** Gives the TAP the node subnet's network address (/32); undefined removes it. */
+  setSubnet(subnet: Subnet | undefined, vtepMac: MacAddr): Promise<void> {
+    return this.serial(async () => {
+      this.subnet = subnet;
+      await this.plumbing.configureTap({ ifname: this.tapName, mac: vtepMac, mtu: this.mtu, address: subnet?.network });
+      // Changing the address can take routes through the TAP with it: put them back.
+      await this.plumbing.setPeers(this.tapName, this.peers.map(toRoute));
+    });
+  }
+
+  /** Forwards to exactly these peers: forwarding table, routes and neighbours. */
+  setPeers(peers: readonly Peer[]): Promise<PlumbingSummary> {
+    return this.serial(async () => {
+      this.peers = peers;
+      await this.forwarder.setPeers(peers);
+      return this.plumbing.setPeers(this.tapName, peers.map(toRoute));
+    });
+  }
+
+  /** Re-applies the current peers, repairing anything removed behind our back. */
+  reconcile(): Promise<PlumbingSummary> {
+    return this.serial(() => this.plumbing.setPeers(this.tapName, this.peers.map(toRoute)));
+  }
+
+  get currentPeers(): readonly Peer[] {
+    return this.peers;
+  }
+
+  get currentSubnet(): Subnet | undefined {
+    return this.subnet;
+  }
+
+  counters(): Record<string, number> {
+    return this.forwarder.counters();
+  }
+
+  onFailure(callback: (err: Error) => void): void {
+    this.forwarder.onFailure(callback);
+  }
+
+  /** Removes everything: forwarder stopped, routes, neighbours and address removed, TAP closed. */
+  stop(): Promise<void> {
+    return this.queue.then(() => this.undo(), () => this.undo());
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(fn, fn);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+}
+
+function toRoute(p: Peer): { subnet: Subnet; vtepMac: MacAddr } {
+  return { subnet: p.subnet, vtepMac: p.vtepMac };
+}
+
+function openTap(native: NativeShim, name: string, vnetHdr: boolean): { fd: number; name: string } {
+  try {
+    return native.tapOpen(name, { vnetHdr });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EBUSY") throw new StartupError(`--tap ${name}: the device is in use by another process`);
+    if (code === "EPERM" || code === "EACCES") throw new StartupError(`--tap ${name}: creating a TAP device needs CAP_NET_ADMIN (${code})`);
+    if (code === "ENOENT") throw new StartupError("/dev/net/tun is missing: load the tun module (modprobe tun)");
+    if (code === "EINVAL") throw new StartupError(`--tap ${name}: a device of that name exists and is not a TAP device`);
+    throw err;
+  }
+}
+
+/**
+ * The overlay carries IPv4 only for now; without this the kernel would send IPv6 neighbour
+ * discovery and MLD out of the TAP, which the forwarder can only drop.
+ */
+function disableIpv6(ifname: string, log: Logger): void {
+  try {
+    writeFileSync(`/proc/sys/net/ipv6/conf/${ifname}/disable_ipv6`, "1");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") log.warn({ err }, "could not disable IPv6 on the TAP");
+  }
+}
+
+function openUdp(native: NativeShim, o: DataPlaneOptions): number {
+  try {
+    return native.udpOpen(o.underlayIp, o.vxlanPort, SOCKET_BUFFER_BYTES, SOCKET_BUFFER_BYTES);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EADDRINUSE") {
+      throw new StartupError(`--vxlan-port ${o.vxlanPort}: UDP ${formatIpv4(o.underlayIp)}:${o.vxlanPort} is already in use (a kernel VXLAN device or another daemon?)`);
+    }
+    throw err;
+  }
+}
