@@ -5,6 +5,7 @@
 import type { ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
+import { generateKey } from "../control/keyring";
 import { queryControl } from "../daemon/control-socket";
 import type { DaemonStatus } from "../daemon/daemon";
 import { waitFor, type Lab, type LabNode } from "./lab";
@@ -12,6 +13,12 @@ import { waitFor, type Lab, type LabNode } from "./lab";
 export interface DaemonOptions {
   /** Extra flags for `vxmesh daemon`. */
   extraArgs?: readonly string[];
+  /**
+   * Gossip instead of a static peers file: nodes join through `seed` (the first node started
+   * has none). With `claim`, the node claims a subnet instead of using the lab's (only for
+   * nodes without lab-wired pods, whose addresses come from the lab's subnet).
+   */
+  gossip?: { seed?: LabNode; claim?: boolean; claimWaitS?: number; keyFile?: string };
   /** How long to wait for the control socket to answer. */
   readyTimeoutMs?: number;
 }
@@ -96,16 +103,36 @@ export class Cluster {
     return Promise.all(nodes.map((n) => this.start(n, options)));
   }
 
+  /** A gossip key file shared by the cluster's daemons (mode 0600), made on first use. */
+  keyFile(): string {
+    const file = join(this.dir, "gossip.key");
+    if (!existsSync(file)) writeFileSync(file, generateKey() + "\n", { mode: 0o600 });
+    return file;
+  }
+
+  /** The flags that pick the peer source: a static peers file, or gossip. */
+  private sourceArgs(node: LabNode, options: DaemonOptions): string[] {
+    const g = options.gossip;
+    if (g === undefined) {
+      const peersFile = join(this.dir, `${node.name}-peers.json`);
+      writeFileSync(peersFile, JSON.stringify(this.lab.peersFor(node), null, 2));
+      return ["--subnet", node.subnet, "--peers", peersFile];
+    }
+    return [
+      "--key-file", g.keyFile ?? this.keyFile(),
+      ...(g.seed === undefined || g.seed === node ? [] : ["--join", `${g.seed.underlayIp}:7946`]),
+      ...(g.claim === true ? [] : ["--subnet", node.subnet]),
+      "--claim-wait", String(g.claimWaitS ?? 2),
+    ];
+  }
+
   async start(node: LabNode, options: DaemonOptions = {}): Promise<DaemonProcess> {
-    const peersFile = join(this.dir, `${node.name}-peers.json`);
-    writeFileSync(peersFile, JSON.stringify(this.lab.peersFor(node), null, 2));
     const runDir = join(this.dir, `${node.name}-run`);
     const argv = [
       process.execPath, cliPath(), "daemon",
       "--node-name", node.name,
       "--underlay-ip", node.underlayIp,
-      "--subnet", node.subnet,
-      "--peers", peersFile,
+      ...this.sourceArgs(node, options),
       "--vni", String(node.vni),
       "--vxlan-port", String(node.port),
       "--run-dir", runDir,

@@ -83,6 +83,11 @@ async function runDaemon(argv: string[]): Promise<number> {
     };
     process.on("SIGTERM", () => shutdown("SIGTERM", 0));
     process.on("SIGINT", () => shutdown("SIGINT", 0));
+    process.on("SIGHUP", () => {
+      const error = running.reloadKeys();
+      // A bad file keeps the keys in use: the cluster must not lose a member over a typo.
+      if (error !== undefined) log.error(`key file not reloaded, keeping the current keys: ${error}`);
+    });
     void running.failed.then((err) => {
       log.fatal({ err }, "forwarder thread failed");
       shutdown("forwarder failure", 1);

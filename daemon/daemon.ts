@@ -28,6 +28,8 @@ export interface RunningDaemon {
   stop(): Promise<void>;
   /** Resolves if the forwarder thread dies on its own (a bug); the daemon must then exit. */
   readonly failed: Promise<Error>;
+  /** Re-reads the key file (SIGHUP): how keys rotate without a restart. */
+  reloadKeys(): string | undefined;
 }
 
 export interface DaemonStatus {
@@ -154,7 +156,15 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
 
     const failed = new Promise<Error>((resolve) => dp.onFailure(resolve));
     let stopping: Promise<void> | undefined;
-    return { status, failed, stop: () => (stopping ??= undo()) };
+    const reloadKeys = (): string | undefined => {
+      if (src.kind !== "gossip" || gossip === undefined) return "static peers: there is no key file";
+      const loaded = loadKeyring(src.keyFile);
+      if (!loaded.ok) return loaded.error;
+      gossip.setKeyring(loaded.value);
+      log.info({ keys: loaded.value.keyIds, primary: loaded.value.primaryKeyId }, "gossip keyring reloaded");
+      return undefined;
+    };
+    return { status, failed, reloadKeys, stop: () => (stopping ??= undo()) };
   } catch (err) {
     await undo();
     throw err;
