@@ -13,6 +13,7 @@ const USAGE = `usage: vxmesh <command> [flags]
 commands:
   daemon    run the overlay daemon on this node
   status    show a running daemon's peers, members and counters
+  install-cni  put the CNI plugin vxmesh-cni and a conflist in place for a container runtime
   keygen    print a new gossip key (base64 of 32 random bytes) for a --key-file
   demo      build a 3-node lab in network namespaces and show pods talking across nodes
   help      this text
@@ -24,6 +25,10 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "daemon": return runDaemon(rest);
     case "status": return runStatus(rest);
+    case "install-cni": {
+      const { runInstallCni } = await import("./install-cni");
+      return runInstallCni(rest);
+    }
     case "keygen":
       process.stdout.write(generateKey() + "\n");
       return 0;

@@ -7,6 +7,7 @@ import * as path from "node:path";
 export type ControlHandler = (request: { op: string }) => Promise<unknown> | unknown;
 
 export const CONTROL_SOCKET_NAME = "vxmesh.sock";
+const MAX_REQUEST_BYTES = 1024 * 1024;
 
 export function controlSocketPath(runDir: string): string {
   return path.join(runDir, CONTROL_SOCKET_NAME);
@@ -28,7 +29,8 @@ export async function listenControl(runDir: string, handler: ControlHandler): Pr
     conn.setEncoding("utf8");
     conn.on("data", (chunk: string) => {
       buf += chunk;
-      if (buf.length > 65536) { conn.destroy(); return; }
+      // A CNI request carries the network config and prevResult: room for large ones.
+      if (buf.length > MAX_REQUEST_BYTES) { conn.destroy(); return; }
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) {
         const line = buf.slice(0, nl);

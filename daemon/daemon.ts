@@ -14,6 +14,7 @@ import { GossipController } from "./gossip-controller";
 import { removeHandoff, writeHandoff } from "./handoff";
 import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
+import { createCniHandler, isCniRequest } from "../cni/handler";
 
 export { StartupError } from "./startup-error";
 
@@ -92,7 +93,9 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     cleanups.push(() => dp.stop());
 
     // The hand-off tells CNI the subnet once it is confirmed, and is withdrawn when it is not.
+    let confirmedSubnet: Subnet | undefined;
     const handoff = (subnet: Subnet | undefined): void => {
+      confirmedSubnet = subnet;
       if (subnet === undefined) removeHandoff(config.runDir);
       else writeHandoff(config.runDir, {
         clusterNetwork: src.kind === "gossip" ? src.clusterCidr : undefined, nodeSubnet: subnet, mtu, bridge: POD_BRIDGE,
@@ -132,12 +135,28 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
       ...(gossip === undefined ? {} : { gossip: gossip.status() }),
     });
 
+    // CNI calls arrive on the control socket; ADD answers "try again later" (11) until the
+    // subnet is confirmed. DELs queued on disk while the daemon was down are finished now.
+    const cni = createCniHandler({
+      nodeSubnet: () => confirmedSubnet, mtu, bridge: POD_BRIDGE, stateDir: config.stateDir,
+      log: log.child({ component: "cni" }),
+    });
+    cleanups.push(() => cni.close());
+    try {
+      await cni.completeQueuedDels();
+    } catch (err) {
+      throw new StartupError(`--state-dir ${config.stateDir}: the CNI handler could not start: ${(err as Error).message}`);
+    }
+
+    if (src.kind === "static") handoff(src.subnet);
     const server: Server = await listenControl(config.runDir, (req) => {
       if (req.op === "status") return status();
-      throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status`);
+      if (isCniRequest(req)) return cni.handle(req);
+      throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status, cni`);
     });
     cleanups.push(() => closeControl(server, config.runDir));
-    if (src.kind === "static") handoff(src.subnet);
+    // A DEL the shim queued between the first pass and the socket opening.
+    void cni.completeQueuedDels().catch((err: unknown) => log.warn({ err }, "completing queued CNI DELs failed"));
 
     const reconcile = setInterval(() => {
       void dp.reconcile().then((s) => {

@@ -108,6 +108,15 @@ export interface NativeShim {
   eventfdDrain(fd: number): number;
 
   close(fd: number): void;
+
+  /**
+   * Runs `fn` synchronously with the calling thread inside the network namespace at `nsPath`
+   * (setns(CLONE_NEWNET)) and switches back before returning, also when `fn` throws. For
+   * creating a socket that must live in another namespace (the CNI handler's rtnetlink socket
+   * inside a pod); keep `fn` short and synchronous. Throws ENOENT when the path does not exist
+   * and EINVAL when it is not a network namespace.
+   */
+  inNetns<T>(nsPath: string, fn: () => T): T;
 }
 
 let cached: NativeShim | undefined;

@@ -1,5 +1,5 @@
 // vxmesh native shim: the few Linux syscalls Node does not expose (TAP devices, batched UDP
-// I/O with recvmmsg/sendmmsg, poll on raw fds, eventfd). The contract is the NativeShim
+// I/O with recvmmsg/sendmmsg, poll on raw fds, eventfd, setns around socket creation). The contract is the NativeShim
 // interface in encap/native.ts; every policy decision stays in TypeScript.
 //
 // Ground rules:
@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -997,6 +998,80 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Network namespaces                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/**
+ * inNetns(path, fn) -> fn()
+ *
+ * Runs `fn` synchronously with the calling thread switched (setns) into the network namespace
+ * at `path`, and switches back before returning, also when `fn` throws. A socket created inside
+ * `fn` (an rtnetlink socket, say) belongs to that namespace for its whole life; nothing else
+ * runs on this thread meanwhile, and other threads are not affected (setns(CLONE_NEWNET) acts
+ * on the calling thread only). If switching back fails the process is in an unknown state and
+ * aborts rather than carry on in the wrong namespace.
+ */
+static napi_value in_netns(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+
+  napi_valuetype type;
+  NAPI_CHECK(env, napi_typeof(env, argv[0], &type));
+  if (type != napi_string) {
+    throw_arg(env, ARG_TYPE, "path must be a string");
+    return NULL;
+  }
+  char path[PATH_MAX];
+  size_t path_len;
+  NAPI_CHECK(env, napi_get_value_string_utf8(env, argv[0], NULL, 0, &path_len));
+  if (path_len == 0 || path_len >= sizeof path) {
+    throw_arg(env, ARG_RANGE, "path must be 1 to %d bytes", PATH_MAX - 1);
+    return NULL;
+  }
+  NAPI_CHECK(env, napi_get_value_string_utf8(env, argv[0], path, sizeof path, &path_len));
+  NAPI_CHECK(env, napi_typeof(env, argv[1], &type));
+  if (type != napi_function) {
+    throw_arg(env, ARG_TYPE, "fn must be a function");
+    return NULL;
+  }
+
+  int target = open(path, O_RDONLY | O_CLOEXEC);
+  if (target < 0) {
+    throw_errno(env, "open(netns)", errno);
+    return NULL;
+  }
+  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (self < 0) {
+    fail_and_close(env, target, "open(/proc/thread-self/ns/net)");
+    return NULL;
+  }
+  // EINVAL: the file is not a network namespace.
+  if (setns(target, CLONE_NEWNET) < 0) {
+    int err = errno;
+    close(target);
+    close(self);
+    throw_errno(env, "setns", err);
+    return NULL;
+  }
+  close(target);
+
+  napi_value global, result = NULL;
+  napi_status status = napi_get_global(env, &global);
+  if (status == napi_ok) status = napi_call_function(env, global, argv[1], 0, NULL, &result);
+
+  if (setns(self, CLONE_NEWNET) < 0) {
+    napi_fatal_error("vxmesh_native.inNetns", NAPI_AUTO_LENGTH,
+                     "setns back to the original network namespace failed", NAPI_AUTO_LENGTH);
+  }
+  close(self);
+  if (status != napi_ok) {
+    throw_napi(env, status);  // no-op when fn threw: its exception is already pending
+    return NULL;
+  }
+  return result;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Registration                                                                               */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1021,6 +1096,7 @@ NAPI_MODULE_INIT() {
       EXPORT_FN("writeFramesWithHeaders", write_frames_with_headers),
       EXPORT_FN("tapSetOffload", tap_set_offload),
       EXPORT_FN("checksum", checksum),
+      EXPORT_FN("inNetns", in_netns),
   };
   if (napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions) !=
       napi_ok) {
