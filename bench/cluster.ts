@@ -143,10 +143,10 @@ export class Cluster {
     const daemon = new DaemonProcess(node, runDir, child);
     this.daemons.set(node.name, daemon);
     try {
-      await waitFor(async () => {
-        if (!daemon.running) throw new Error(`daemon on ${node.name} exited (${String(await daemon.exited)}):\n${daemon.log}`);
-        return daemon.status().then(() => true, () => false);
-      }, { timeoutMs: options.readyTimeoutMs ?? 15_000, intervalMs: 50, what: `daemon on ${node.name} to answer on its control socket` });
+      // Stops waiting as soon as the daemon exits (waitFor would take a throw for "not yet").
+      await waitFor(async () => !daemon.running || daemon.status().then(() => true, () => false),
+        { timeoutMs: options.readyTimeoutMs ?? 15_000, intervalMs: 50, what: `daemon on ${node.name} to answer on its control socket` });
+      if (!daemon.running) throw new Error(`daemon on ${node.name} exited (${String(await daemon.exited)}):\n${daemon.log}`);
     } catch (err) {
       await daemon.stop();
       throw err;

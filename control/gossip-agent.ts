@@ -150,6 +150,21 @@ export class GossipAgent {
     return reply !== undefined && reply.kind === "stream" ? wire.encodePushPull(reply.message) : undefined;
   }
 
+  /** A join that fails says why, so a wrong key is told apart from a seed that is down. */
+  private explainFailedJoin(to: Address, why: string): void {
+    const now = this.now();
+    if (now - this.lastRejectLog < REJECT_LOG_INTERVAL_MS) return;
+    this.lastRejectLog = now;
+    const what: Record<string, string> = {
+      unanswered: "accepted the connection and closed it without an answer: it could not open our gossip; is this node using the same key file?",
+      rejected: "answered with gossip this node cannot open; is this node using the same key file?",
+      unreachable: "is not reachable (not started yet, or the address or port is wrong)",
+      timeout: "did not answer in time",
+      malformed: "answered with something that is not gossip",
+    };
+    this.o.log.warn({ seed: formatAddress(to), why }, `joining through ${formatAddress(to)} failed: it ${what[why] ?? why}`);
+  }
+
   private onRejected(from: Address, reason: OpenFailure, error: string): void {
     const now = this.now();
     if (now - this.lastRejectLog < REJECT_LOG_INTERVAL_MS) return;
@@ -166,9 +181,14 @@ export class GossipAgent {
       } else if (e.kind === "stream") {
         if (e.message.reply) continue; // only meaningful inside onStream
         const to = e.to;
+        const joining = e.message.join;
         void this.transport?.request(to, wire.encodePushPull(e.message)).then((reply) => {
-          if (reply === undefined || this.stopped) return;
-          const decoded = wire.decodePushPull(reply);
+          if (this.stopped) return;
+          if (!reply.ok) {
+            if (joining) this.explainFailedJoin(to, reply.why);
+            return;
+          }
+          const decoded = wire.decodePushPull(reply.value);
           if (!decoded.ok) {
             this.transport?.countMalformed();
             return;

@@ -28,6 +28,10 @@ export interface TransportCounters {
   streamErrors: number;
 }
 
+export type StreamReply =
+  | { ok: true; value: Uint8Array }
+  | { ok: false; why: "unreachable" | "unanswered" | "timeout" | "malformed" | "rejected" };
+
 export interface TransportHandlers {
   datagram(from: Address, plaintext: Uint8Array): void;
   /** A push-pull request arrived; resolve with the sealed-able reply, or undefined for none. */
@@ -85,32 +89,41 @@ export class GossipTransport {
     this.udp.send(sealed, to.port, formatIpv4(to.ip));
   }
 
-  /** Sends a push-pull request and resolves with the opened reply (undefined on any failure). */
-  request(to: Address, plaintext: Uint8Array): Promise<Uint8Array | undefined> {
+  /**
+   * Sends a push-pull request and resolves with the opened reply, or with why there is none.
+   * "unanswered" means the peer took the connection and closed it without a word: what a node
+   * does with a stream it cannot open, so usually a key mismatch.
+   */
+  request(to: Address, plaintext: Uint8Array): Promise<StreamReply> {
     this.counters.streamsOut++;
     return new Promise((resolve) => {
       const sock = net.connect({ host: formatIpv4(to.ip), port: to.port });
       this.track(sock);
       const reader = new FrameReader();
+      let connected = false;
       let done = false;
-      const finish = (value: Uint8Array | undefined): void => {
+      const finish = (reply: StreamReply): void => {
         if (done) return;
         done = true;
-        if (value === undefined) this.counters.streamErrors++;
+        if (!reply.ok) this.counters.streamErrors++;
         sock.destroy();
-        resolve(value);
+        resolve(reply);
       };
-      sock.setTimeout(STREAM_TIMEOUT_MS, () => finish(undefined));
-      sock.on("connect", () => sock.write(this.frame(plaintext)));
+      sock.setTimeout(STREAM_TIMEOUT_MS, () => finish({ ok: false, why: "timeout" }));
+      sock.on("connect", () => {
+        connected = true;
+        sock.write(this.frame(plaintext));
+      });
       sock.on("data", (chunk: Buffer) => {
         const frame = reader.push(chunk);
-        if (frame === "error") return finish(undefined);
+        if (frame === "error") return finish({ ok: false, why: "malformed" });
         if (frame === null) return;
         this.counters.bytesIn += frame.length;
-        finish(this.openOrCount("stream", frame, to, undefined));
+        const opened = this.openOrCount("stream", frame, to, undefined);
+        finish(opened === undefined ? { ok: false, why: "rejected" } : { ok: true, value: opened });
       });
-      sock.on("error", () => finish(undefined));
-      sock.on("close", () => finish(undefined));
+      sock.on("error", () => finish({ ok: false, why: connected ? "unanswered" : "unreachable" }));
+      sock.on("close", () => finish({ ok: false, why: connected ? "unanswered" : "unreachable" }));
     });
   }
 
