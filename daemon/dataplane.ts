@@ -9,6 +9,7 @@ import { loadNative, type NativeShim } from "../encap/native";
 import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
 import { formatIpv4, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
 import { HostPlumbing, type PlumbingSummary } from "../control/host-plumbing";
+import { KernelWatch } from "../control/kernel-watch";
 import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
 
@@ -83,7 +84,17 @@ export class DataPlane {
         offload: o.offload ? OFFLOAD_BATCHES : undefined,
       });
       cleanups.push(() => forwarder.stop());
-      return new DataPlane(tap.name, o.mtu, forwarder, plumbing, undo);
+      const dp = new DataPlane(tap.name, o.mtu, forwarder, plumbing, undo);
+      // Someone deleting our route or neighbour is repaired within a moment, not a period.
+      const watch = await KernelWatch.open(tap.name, () => {
+        void dp.reconcile().then((sum) => {
+          if (sum.routesAdded + sum.routesRemoved + sum.neighboursSet + sum.neighboursRemoved > 0) {
+            log.warn(sum, "kernel state had drifted from what vxmesh owns; repaired");
+          }
+        }, (err: unknown) => log.warn({ err }, "reconcile failed"));
+      });
+      cleanups.push(() => watch.close());
+      return dp;
     } catch (err) {
       await undo();
       throw err;

@@ -381,6 +381,23 @@ describe("3 nodes × 2 pods through vxmesh", () => {
     expect(r.stdout + r.stderr).toMatch(/message too long/i);
   });
 
+  it("a route or neighbour of ours deleted behind the daemon's back is put back promptly", async () => {
+    const l = lab as Lab;
+    const n1 = l.node("n1");
+    const n2 = l.node("n2");
+    const routes = async (): Promise<string> => (await l.exec(n1, ["ip", "route", "show", "proto", "118"])).stdout;
+    const neigh = async (): Promise<string> => (await l.exec(n1, ["ip", "neigh", "show", "dev", "vxmesh0", "nud", "permanent"])).stdout;
+    expect(await routes()).toContain(n2.subnet);
+    const t0 = Date.now();
+    expect((await l.exec(n1, ["ip", "route", "del", n2.subnet])).code).toBe(0);
+    expect((await l.exec(n1, ["ip", "neigh", "del", n2.subnetNetwork, "dev", "vxmesh0"])).code).toBe(0);
+    // Well inside the 10 s periodic reconcile: the netlink event triggers the repair.
+    await waitFor(async () => (await routes()).includes(n2.subnet) && (await neigh()).includes(n2.subnetNetwork),
+      { timeoutMs: 5000, intervalMs: 50, what: "n1's daemon to restore its route and neighbour for n2" });
+    console.log(`route + neighbour restored ${Date.now() - t0} ms after deletion`);
+    expect(await l.ping(n1.pods[0] as LabPod, (n2.pods[0] as LabPod).ip, { count: 2 })).toBe(true);
+  });
+
   it("no daemon counted a drop other than group destinations", async () => {
     const c = cluster as Cluster;
     const l = lab as Lab;
