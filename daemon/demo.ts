@@ -3,7 +3,7 @@
 // also on Ctrl-C or an error.
 
 import { Cluster } from "../bench/cluster";
-import { Lab, type LabPod } from "../bench/lab";
+import { Lab, waitFor, type LabNode, type LabPod } from "../bench/lab";
 import { formatHelp, intInRange, parseFlags } from "./flags";
 
 const demoFlags = {
@@ -36,8 +36,16 @@ export async function runDemo(argv: string[]): Promise<number> {
   const lab = await Lab.build({ nodes: Array.from({ length: nodeCount }, () => ({ overlay: "vxmesh" as const, pods: podCount })) });
   const cluster = new Cluster(lab);
   try {
-    out(`starting a vxmesh daemon in each node's namespace …`);
-    await cluster.startAll();
+    out(`starting a vxmesh daemon in each node's namespace; they find each other by gossip through ${lab.nodes[0]?.name} …`);
+    const seed = lab.nodes[0] as LabNode;
+    const t0 = Date.now();
+    await cluster.start(seed, { gossip: { seed } });
+    await Promise.all(lab.nodes.slice(1).map((n) => cluster.start(n, { gossip: { seed } })));
+    await waitFor(async () => {
+      for (const d of cluster.daemons.values()) if ((await d.status()).peers.length !== nodeCount - 1) return false;
+      return true;
+    }, { timeoutMs: 30_000, intervalMs: 100, what: "every daemon to learn every other node by gossip" });
+    out(`every node knows every other node's subnet after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     out();
     out("node   underlay        pod subnet       VTEP MAC           pods");
     for (const n of lab.nodes) {
