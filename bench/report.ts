@@ -28,6 +28,8 @@ export interface FigureDef {
   readonly digits: number;
   /** Drawn in the SVG chart. */
   readonly chart: boolean;
+  /** No ratio to the kernel: loss, where the kernel's is about 0 and a ratio says nothing. */
+  readonly noRatio?: boolean;
   /** Short label under the chart's bar group. */
   readonly chartLabel?: string;
 }
@@ -38,9 +40,9 @@ export const FIGURES: readonly FigureDef[] = [
   { scenario: "tcp1", key: "rss_mb", label: "tcp1 — daemon RSS (larger node)", unit: "MB", better: "lower", digits: 1, chart: false },
   { scenario: "tcp4", key: "gbps", label: "tcp4 — four TCP streams", unit: "Gbit/s", better: "higher", digits: 2, chart: true, chartLabel: "tcp4" },
   { scenario: "udp64", key: "kpps", label: "udp64 — 64-byte UDP received", unit: "kpps", better: "higher", digits: 0, chart: true, chartLabel: "udp64 pps" },
-  { scenario: "udp64", key: "loss_pct", label: "udp64 — loss (offered without limit)", unit: "%", better: "lower", digits: 1, chart: false },
+  { scenario: "udp64", key: "loss_pct", label: "udp64 — loss (offered without limit)", unit: "%", better: "lower", digits: 1, chart: false, noRatio: true },
   { scenario: "udp1400", key: "gbps", label: "udp1400 — 1400-byte UDP received", unit: "Gbit/s", better: "higher", digits: 2, chart: true, chartLabel: "udp1400" },
-  { scenario: "udp1400", key: "loss_pct", label: "udp1400 — loss (offered without limit)", unit: "%", better: "lower", digits: 1, chart: false },
+  { scenario: "udp1400", key: "loss_pct", label: "udp1400 — loss (offered without limit)", unit: "%", better: "lower", digits: 1, chart: false, noRatio: true },
   { scenario: "rtt", key: "p50_us", label: "rtt — round trip p50", unit: "µs", better: "lower", digits: 0, chart: true, chartLabel: "rtt p50" },
   { scenario: "rtt", key: "p99_us", label: "rtt — round trip p99", unit: "µs", better: "lower", digits: 0, chart: true, chartLabel: "rtt p99" },
 ];
@@ -73,8 +75,10 @@ export interface BenchConfig {
   seconds: number;
   repeat: number;
   daemonArgs: string[];
-  /** How the UDP load was generated, e.g. "2 × sendmmsg (C) senders". */
+  /** How the UDP load was generated and counted ("" when no UDP scenario ran). */
   udpGenerator: string;
+  /** How round trips were timed ("" when rtt did not run). */
+  rttMethod: string;
   rttSamples: number;
   /** The command line, for the record. */
   command: string;
@@ -100,6 +104,8 @@ export interface PathResult {
   path: PathName;
   /** Set when the path could not be set up at all; then `scenarios` is empty. */
   error?: string;
+  /** How the path was set up where that differs from the plain lab. */
+  notes?: string[];
   /** Seconds the lab took to build and become reachable. */
   setupS?: number;
   scenarios: Partial<Record<ScenarioName, ScenarioResult>>;
@@ -216,7 +222,7 @@ export function renderTable(results: BenchResults): string {
     const row = [f.label, f.unit];
     for (const p of paths) {
       row.push(cell(results, p, f));
-      if (p.path !== BASELINE_PATH) row.push(formatRatio(ratioToBaseline(results, p.path, f)));
+      if (p.path !== BASELINE_PATH) row.push(f.noRatio === true ? "–" : formatRatio(ratioToBaseline(results, p.path, f)));
     }
     rows.push(row);
   }
@@ -238,14 +244,17 @@ export function renderMarkdown(results: BenchResults): string {
     `- tools: ${Object.entries(m.tools).map(([k, v]) => `${k} ${v}`).join(", ") || "n/a"}`,
     `- command: \`${c.command}\``,
     `- ${c.repeat} repetition${c.repeat === 1 ? "" : "s"} of ${c.seconds} s per measurement, median shown; run took ${Math.round(results.durationS)} s`,
-    `- UDP load: ${c.udpGenerator}; RTT: ${c.rttSamples} UDP ping-pongs between the pods`,
   ];
+  if (c.udpGenerator !== "") lines.push(`- UDP load: ${c.udpGenerator}`);
+  if (c.rttMethod !== "") lines.push(`- RTT: ${c.rttMethod}; ${c.rttSamples} samples per repetition, one per millisecond`);
   if (c.daemonArgs.length > 0) lines.push(`- vxmesh daemon flags: \`${c.daemonArgs.join(" ")}\``);
   lines.push("", renderTable(results).trimEnd(), "");
   lines.push(
-    `Ratios are median ÷ the ${BASELINE_PATH} median: above 1 is better for throughput and packet rate, below 1 is better for latency, CPU, memory and loss.`,
+    `Ratios are median ÷ the ${BASELINE_PATH} median: above 1 is better for throughput and packet rate, below 1 is better for latency. CPU and RSS have no kernel figure (no process to measure), and loss has no ratio (the kernel's is about 0).`,
     "",
   );
+  const notes = results.paths.flatMap((p) => (p.notes ?? []).map((n) => `- ${p.path}: ${n}`));
+  if (notes.length > 0) lines.push("Notes:", "", ...notes, "");
   const problems: string[] = [];
   for (const p of results.paths) {
     if (p.error !== undefined) problems.push(`- ${p.path}: ${p.error}`);
@@ -346,7 +355,7 @@ export function renderSvg(results: BenchResults): string {
     out.push(`<line x1="${left}" y1="${base}" x2="${width - right}" y2="${base}" stroke="#333333"/>`);
     out.push(`<line x1="${left}" y1="${r3(yOf(scaleMax))}" x2="${left}" y2="${base}" stroke="#333333"/>`);
     for (const t of [0, scaleMax / 2, scaleMax]) {
-      out.push(`<text x="${left - 6}" y="${r3(yOf(t) + 4)}" text-anchor="end" fill="#555555">${escapeXml(formatRatio(t).replace("–", "0"))}</text>`);
+      out.push(`<text x="${left - 6}" y="${r3(yOf(t) + 4)}" text-anchor="end" fill="#555555">${t === 0 ? "0" : `${Number(t.toPrecision(3))}×`}</text>`);
     }
     out.push(`<line class="baseline" x1="${left}" y1="${r3(yOf(1))}" x2="${width - right}" y2="${r3(yOf(1))}" stroke="#6b7280" stroke-dasharray="4 3"/>`);
     panel.figures.forEach((f, gi) => {

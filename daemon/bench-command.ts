@@ -35,7 +35,7 @@ const benchFlags = {
   seconds: { name: "seconds", help: "length of each throughput measurement, 1-120 (rtt always takes 2000 round trips, about 2.5 s)", defaultText: "5", parse: intInRange(1, 120) },
   repeat: { name: "repeat", help: "repetitions of each measurement (the median is reported), 1-20", defaultText: "3", parse: intInRange(1, 20) },
   out: { name: "out", help: "directory for bench-<date>.json, .md and .svg", defaultText: "bench-results", parse: (t: string): Parsed<string> => (t !== "" ? { ok: true, value: t } : { ok: false, error: "a directory" }) },
-  daemonArgs: { name: "daemon-args", help: "extra flags for the vxmesh daemons, e.g. \"--batch 32\"", defaultText: "none", parse: words },
+  daemonArgs: { name: "daemon-args", help: "extra flags for the vxmesh daemons, e.g. \"--offload=false\"", defaultText: "none", parse: words },
 };
 
 const err = (line: string): void => {

@@ -16,6 +16,7 @@ commands:
   install-cni  put the CNI plugin vxmesh-cni and a conflist in place for a container runtime
   keygen    print a new gossip key (base64 of 32 random bytes) for a --key-file
   demo      build a 3-node lab in network namespaces and show pods talking across nodes
+  bench     compare throughput and latency of the kernel's VXLAN, vxmesh and fastd in a namespace lab
   help      this text
 
 \`vxmesh <command> --help\` lists a command's flags.`;
@@ -25,6 +26,10 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "daemon": return runDaemon(rest);
     case "status": return runStatus(rest);
+    case "bench": {
+      const { runBench } = await import("./bench-command");
+      return runBench(rest);
+    }
     case "install-cni": {
       const { runInstallCni } = await import("./install-cni");
       return runInstallCni(rest);
