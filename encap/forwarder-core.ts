@@ -35,7 +35,17 @@ export interface SendQueue {
   readonly lens: Uint32Array;
   readonly ips: Uint32Array;
   readonly ports: Uint16Array;
+  /** Per entry: 0 for one datagram, else the UDP_SEGMENT size of a run (fast path only). */
+  readonly segSizes: Uint16Array;
   count: number;
+}
+
+/** One queue per source socket, each with room for `capacity` entries. */
+export function newSendQueues(sourcePorts: number, capacity: number): SendQueue[] {
+  return Array.from({ length: Math.max(1, sourcePorts) }, () => ({
+    offs: new Uint32Array(capacity), lens: new Uint32Array(capacity), ips: new Uint32Array(capacity),
+    ports: new Uint16Array(capacity), segSizes: new Uint16Array(capacity), count: 0,
+  }));
 }
 
 /** Marks a datagram the kernel truncated because it was longer than the slot (see native.ts). */
@@ -85,9 +95,7 @@ export class ForwarderCore {
     // The last slot's frame starts VXLAN_HEADER_LEN in, so the slab runs that far past b slots.
     this.tapSlab = new Uint8Array(b * this.tapStride + VXLAN_HEADER_LEN);
     this.tapLens = new Uint32Array(b);
-    this.sendQueues = Array.from({ length: Math.max(1, options.sourcePorts) }, () => ({
-      offs: new Uint32Array(b), lens: new Uint32Array(b), ips: new Uint32Array(b), ports: new Uint16Array(b), count: 0,
-    }));
+    this.sendQueues = newSendQueues(options.sourcePorts, b);
     this.udpSlab = new Uint8Array(b * this.udpStride);
     this.udpLens = new Uint32Array(b);
     this.udpSrcIps = new Uint32Array(b);

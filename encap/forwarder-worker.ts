@@ -7,7 +7,7 @@ import { Counter } from "./counters";
 import { ForwardingTable } from "./fdb";
 import { ForwarderCore, type SendQueue } from "./forwarder-core";
 import { loadNative, type NativeShim } from "./native";
-import { OffloadCore, type GsoSendQueue } from "./offload-core";
+import { OffloadCore } from "./offload-core";
 import { VNET_HDR_LEN } from "./offload";
 import type { ForwarderWorkerData, ToWorker } from "./forwarder";
 
@@ -102,7 +102,7 @@ function offloadPump(native: NativeShim, data: ForwarderWorkerData, core: Offloa
       const n = native.readFrames(data.tapFd, core.slab, core.tapBase, core.tapStride, core.tapBatch, core.tapLens);
       if (n === 0 || core.encapsulate(n) === 0) return;
       for (let q = 0; q < core.sendQueues.length; q++) {
-        const queue = core.sendQueues[q] as GsoSendQueue;
+        const queue = core.sendQueues[q] as SendQueue;
         sendQueue(native, data.sendFds[q] as number, core.slab, queue, queue.segSizes, sendErrors, counters);
       }
     },

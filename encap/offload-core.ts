@@ -12,7 +12,7 @@
 import type { SumFn } from "./checksum";
 import { Counter } from "./counters";
 import type { ForwardingTable } from "./fdb";
-import { acceptDatagram, routeFrame, TRUNCATED, type SendQueue } from "./forwarder-core";
+import { acceptDatagram, newSendQueues, routeFrame, TRUNCATED, type SendQueue } from "./forwarder-core";
 import { ETH_HEADER_LEN, flowHash } from "./frame";
 import {
   TcpCoalescer, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
@@ -31,11 +31,6 @@ export interface OffloadCoreOptions {
   /** recvmmsg entries (each up to a 64 KB GRO run) per wake. */
   rxBatch: number;
   sourcePorts: number;
-}
-
-/** A send queue whose entries may be UDP_SEGMENT runs. */
-export interface GsoSendQueue extends SendQueue {
-  readonly segSizes: Uint16Array;
 }
 
 const MAX_FRAME_BYTES = 65535 + ETH_HEADER_LEN;
@@ -59,7 +54,7 @@ export class OffloadCore {
   readonly tapLens: Uint32Array;
   readonly segBase: number;
   readonly segStride: number;
-  readonly sendQueues: readonly GsoSendQueue[];
+  readonly sendQueues: readonly SendQueue[];
 
   readonly rxBatch: number;
   readonly rxBase: number;
@@ -98,10 +93,7 @@ export class OffloadCore {
 
     this.tapLens = new Uint32Array(this.tapBatch);
     const cap = this.tapBatch * SENDS_PER_FRAME;
-    this.sendQueues = Array.from({ length: Math.max(1, options.sourcePorts) }, () => ({
-      offs: new Uint32Array(cap), lens: new Uint32Array(cap), ips: new Uint32Array(cap), ports: new Uint16Array(cap),
-      segSizes: new Uint16Array(cap), count: 0,
-    }));
+    this.sendQueues = newSendQueues(options.sourcePorts, cap);
 
     this.rxLens = new Uint32Array(this.rxBatch);
     this.rxSrcIps = new Uint32Array(this.rxBatch);
@@ -126,7 +118,7 @@ export class OffloadCore {
     const plan = this.plan;
     const queues = this.sendQueues;
     const nQueues = queues.length;
-    for (let q = 0; q < nQueues; q++) (queues[q] as GsoSendQueue).count = 0;
+    for (let q = 0; q < nQueues; q++) (queues[q] as SendQueue).count = 0;
     c[Counter.TapReadBatches]! += 1;
     let out = 0;
     for (let i = 0; i < count; i++) {
@@ -142,7 +134,7 @@ export class OffloadCore {
       const gso = vh.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
       const entry = routeFrame(c, this.table, slab, frame, flen, gso === VIRTIO_NET_HDR_GSO_NONE ? this.maxFrame : MAX_FRAME_BYTES);
       if (entry === undefined) continue;
-      const queue = queues[nQueues === 1 ? 0 : flowHash(slab, frame, flen) % nQueues] as GsoSendQueue;
+      const queue = queues[nQueues === 1 ? 0 : flowHash(slab, frame, flen) % nQueues] as SendQueue;
 
       if (gso === VIRTIO_NET_HDR_GSO_NONE) {
         if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && !completeChecksum(slab, frame, flen, vh.csumStart, vh.csumOffset, this.sum)) {
@@ -176,7 +168,7 @@ export class OffloadCore {
     return out;
   }
 
-  private enqueue(queue: GsoSendQueue, off: number, len: number, segSize: number, ip: number): void {
+  private enqueue(queue: SendQueue, off: number, len: number, segSize: number, ip: number): void {
     const n = queue.count++;
     queue.offs[n] = off;
     queue.lens[n] = len;

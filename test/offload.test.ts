@@ -8,7 +8,8 @@ import {
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
   completeChecksum, readVnetHeader, writeVnetHeader, type VnetHeader,
 } from "../encap/offload";
-import { OffloadCore, type GsoSendQueue } from "../encap/offload-core";
+import type { SendQueue } from "../encap/forwarder-core";
+import { OffloadCore } from "../encap/offload-core";
 import { parseSubnet, vtepMacFor, writeMac, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
 
 const native = loadNative();
@@ -104,7 +105,7 @@ describe("fast path: segmentation and coalescing", () => {
         core.tapLens[0] = frame.length + VNET_HDR_LEN;
         const entries = core.encapsulate(1);
         expect(totalDrops(core.counters)).toBe(0);
-        const q = core.sendQueues[0] as GsoSendQueue;
+        const q = core.sendQueues[0] as SendQueue;
         expect(q.count).toBe(entries);
 
         // What the kernel would put on the wire: every entry cut at its segment size.
