@@ -17,7 +17,7 @@
 
 import { execFile, spawn as spawnChild, spawnSync } from "node:child_process";
 import type { ChildProcess, StdioOptions } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -480,6 +480,13 @@ export async function cleanupLeftovers(): Promise<string[]> {
     return pid !== process.pid && !pidAlive(pid);
   });
   await destroyNamespaces(stale, 500);
+  // Their work dirs too (captures, daemons' run and state dirs): named with the same prefix.
+  for (const entry of readdirSync(tmpdir())) {
+    const m = LAB_NS_PATTERN.exec(entry);
+    if (m === null) continue;
+    const pid = Number(m[1]);
+    if (pid !== process.pid && !pidAlive(pid)) rmSync(join(tmpdir(), entry), { recursive: true, force: true });
+  }
   return stale;
 }
 
