@@ -20,8 +20,6 @@ export { StartupError } from "./startup-error";
 
 /** The node bridge pods attach to (DESIGN §1). */
 export const POD_BRIDGE = "vxmesh-br";
-/** How often the kernel state is re-checked against what the daemon wants. */
-const RECONCILE_INTERVAL_MS = 10_000;
 
 export interface RunningDaemon {
   status(): DaemonStatus;
@@ -157,15 +155,6 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     cleanups.push(() => closeControl(server, config.runDir));
     // A DEL the shim queued between the first pass and the socket opening.
     void cni.completeQueuedDels().catch((err: unknown) => log.warn({ err }, "completing queued CNI DELs failed"));
-
-    const reconcile = setInterval(() => {
-      void dp.reconcile().then((s) => {
-        if (s.routesAdded + s.routesRemoved + s.neighboursSet + s.neighboursRemoved > 0) {
-          log.warn(s, "kernel state had drifted from what vxmesh owns; repaired");
-        }
-      }, (err: unknown) => log.warn({ err }, "reconcile failed"));
-    }, RECONCILE_INTERVAL_MS);
-    cleanups.push(() => clearInterval(reconcile));
 
     log.info({
       node: config.nodeName, mode: src.kind, vtepMac: formatMac(config.vtepMac), underlay: `${formatIpv4(config.underlayIp)} (${underlay.value.ifname})`,

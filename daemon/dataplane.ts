@@ -14,6 +14,8 @@ import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
+/** How often the kernel state is re-checked against what the daemon wants. */
+const RECONCILE_INTERVAL_MS = 10_000;
 /** Super-frames per TAP read burst and GRO runs per recvmmsg (each up to 64 KB). */
 const OFFLOAD_BATCHES = { tapBatch: 16, rxBatch: 16 };
 
@@ -85,15 +87,19 @@ export class DataPlane {
       });
       cleanups.push(() => forwarder.stop());
       const dp = new DataPlane(tap.name, o.mtu, forwarder, plumbing, undo);
-      // Someone deleting our route or neighbour is repaired within a moment, not a period.
-      const watch = await KernelWatch.open(tap.name, () => {
+      const repair = (): void => {
         void dp.reconcile().then((sum) => {
           if (sum.routesAdded + sum.routesRemoved + sum.neighboursSet + sum.neighboursRemoved > 0) {
             log.warn(sum, "kernel state had drifted from what vxmesh owns; repaired");
           }
         }, (err: unknown) => log.warn({ err }, "reconcile failed"));
-      });
+      };
+      // Someone deleting our route or neighbour is repaired within a moment (netlink events);
+      // the periodic pass is the safety net for events the socket missed.
+      const watch = await KernelWatch.open(tap.name, repair);
       cleanups.push(() => watch.close());
+      const periodic = setInterval(repair, RECONCILE_INTERVAL_MS);
+      cleanups.push(() => clearInterval(periodic));
       return dp;
     } catch (err) {
       await undo();
