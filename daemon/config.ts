@@ -43,6 +43,8 @@ export interface DaemonConfig {
   mtu: number | undefined;
   runDir: string;
   stateDir: string;
+  /** undefined: no metrics server. */
+  metricsAddr: { host: string; port: number } | undefined;
   logLevel: string;
   batch: number;
   sourcePorts: number;
@@ -88,6 +90,7 @@ export const daemonFlags = {
   vtepMac: { name: "vtep-mac", help: "MAC address of this node's VTEP", defaultText: "derived from the node name", parse: parseMac } satisfies FlagSpec<MacAddr>,
   mtu: { name: "mtu", help: `MTU of the TAP and pods, ${MIN_MTU}-${MAX_MTU}`, defaultText: `underlay MTU − ${IPV4_OVERHEAD}`, parse: intInRange(MIN_MTU, MAX_MTU) } satisfies FlagSpec<number>,
   runDir: { name: "run-dir", help: "directory for the control socket", defaultText: "/run/vxmesh", parse: anyText } satisfies FlagSpec<string>,
+  metricsAddr: { name: "metrics-addr", help: "HOST:PORT for Prometheus /metrics, /healthz and /readyz, or \"off\"", defaultText: "127.0.0.1:9464", parse: parseListenAddr } satisfies FlagSpec<{ host: string; port: number } | "off">,
   stateDir: { name: "state-dir", help: "directory for state that survives restarts (pod address leases)", defaultText: "/var/lib/vxmesh", parse: anyText } satisfies FlagSpec<string>,
   logLevel: { name: "log-level", help: "fatal, error, warn, info, debug, trace or silent", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
@@ -136,6 +139,7 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
       mtu: v.mtu,
       runDir: v.runDir ?? "/run/vxmesh",
       stateDir: v.stateDir ?? "/var/lib/vxmesh",
+      metricsAddr: v.metricsAddr === "off" ? undefined : (v.metricsAddr ?? { host: "127.0.0.1", port: 9464 }),
       logLevel: v.logLevel ?? "info",
       batch: v.batch ?? 64,
       sourcePorts: v.sourcePorts ?? 8,
@@ -148,6 +152,18 @@ const DEFAULT_CLUSTER_CIDR: Subnet = { family: 4, network: 0x0af40000 as Ipv4, p
 
 function subnetInside(inner: Subnet, outer: Subnet): boolean {
   return inner.prefixLen >= outer.prefixLen && subnetsOverlap(inner, outer);
+}
+
+/** "127.0.0.1:9464", or "off". */
+export function parseListenAddr(text: string): Parsed<{ host: string; port: number } | "off"> {
+  if (text === "off") return { ok: true, value: "off" };
+  const m = /^(.+):(\d{1,5})$/.exec(text);
+  const ip = m === null ? undefined : parseIpv4(m[1] as string);
+  const port = m === null ? NaN : Number(m[2]);
+  if (ip === undefined || !ip.ok || !(port >= 1 && port <= 65535)) {
+    return { ok: false, error: "IPv4:PORT such as 127.0.0.1:9464 (port 1-65535), or off" };
+  }
+  return { ok: true, value: { host: m?.[1] as string, port } };
 }
 
 /** "192.0.2.11:7946,192.0.2.12" (the port defaults to 7946). */

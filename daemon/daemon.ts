@@ -12,6 +12,7 @@ import { closeControl, controlInUse, controlSocketPath, listenControl } from "./
 import { DataPlane } from "./dataplane";
 import { GossipController } from "./gossip-controller";
 import { removeHandoff, writeHandoff } from "./handoff";
+import { serveMetrics } from "./metrics";
 import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
 import { createCniHandler, isCniRequest } from "../cni/handler";
@@ -153,6 +154,15 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
       throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status, cni`);
     });
     cleanups.push(() => closeControl(server, config.runDir));
+    if (config.metricsAddr !== undefined) {
+      const addr = config.metricsAddr;
+      const metrics = await serveMetrics(addr, status).catch((err: NodeJS.ErrnoException) => {
+        throw err.code === "EADDRINUSE" || err.code === "EADDRNOTAVAIL"
+          ? new StartupError(`--metrics-addr ${addr.host}:${addr.port}: ${err.code === "EADDRINUSE" ? "already in use" : "not an address of this host"} (or --metrics-addr off)`)
+          : err;
+      });
+      cleanups.push(() => new Promise<void>((resolve) => metrics.close(() => resolve())));
+    }
     // A DEL the shim queued between the first pass and the socket opening.
     void cni.completeQueuedDels().catch((err: unknown) => log.warn({ err }, "completing queued CNI DELs failed"));
 
