@@ -17,7 +17,7 @@ import * as os from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { Lab } from "./lab";
-import { CniNode, REFERENCE_DIR, addPodNs, referenceConfig, shim } from "../cni/testkit";
+import { CniNode, REFERENCE_DIR, addPodNs, referenceConfig, shim } from "./cni-testkit";
 
 interface DriverSpec {
   binary: string;

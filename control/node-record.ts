@@ -30,6 +30,7 @@
 //
 // The incarnation number is not here: membership owns it.
 
+import { readU16, readU32 } from "../encap/bytes";
 import { prefixMask, readMac, writeMac, type Ipv4, type MacAddr, type Parsed, type Subnet, type Vni } from "../encap/types";
 
 export const NODE_RECORD_FORMAT_VERSION = 1;
@@ -212,13 +213,6 @@ export function encodeNodeRecord(r: NodeRecord): Uint8Array {
   return out;
 }
 
-function u16At(b: Uint8Array, o: number): number {
-  return ((b[o] as number) << 8) | (b[o + 1] as number);
-}
-
-function u32At(b: Uint8Array, o: number): number {
-  return (((b[o] as number) << 24) >>> 0) + (((b[o + 1] as number) << 16) | ((b[o + 2] as number) << 8) | (b[o + 3] as number));
-}
 
 const FIELD_NAMES: Record<number, string> = {
   [T_NAME]: "name", [T_PROTOCOL]: "protocol", [T_UNDERLAY]: "underlay", [T_GOSSIP_PORT]: "gossip port",
@@ -274,19 +268,19 @@ export function decodeNodeRecord(buf: Uint8Array): Parsed<NodeRecord> {
       }
       case T_PROTOCOL:
         if (len !== 2) return wrongLen(2);
-        protocolVersion = u16At(buf, v);
+        protocolVersion = readU16(buf, v);
         break;
       case T_UNDERLAY: {
         if (len < 1) return wrongLen(5);
         const family = buf[v] as number;
         if (family !== FAMILY_V4) return fail(`underlay address family ${family} is not supported`);
         if (len !== 5) return wrongLen(5);
-        underlay = { family: 4, ip: u32At(buf, v + 1) as Ipv4 };
+        underlay = { family: 4, ip: readU32(buf, v + 1) as Ipv4 };
         break;
       }
       case T_GOSSIP_PORT:
         if (len !== 2) return wrongLen(2);
-        gossipPort = u16At(buf, v);
+        gossipPort = readU16(buf, v);
         break;
       case T_VTEP_MAC:
         if (len !== 6) return wrongLen(6);
@@ -294,11 +288,11 @@ export function decodeNodeRecord(buf: Uint8Array): Parsed<NodeRecord> {
         break;
       case T_VNI:
         if (len !== 3) return wrongLen(3);
-        vni = (((buf[v] as number) << 16) | u16At(buf, v + 1)) as Vni;
+        vni = (((buf[v] as number) << 16) | readU16(buf, v + 1)) as Vni;
         break;
       case T_VXLAN_PORT:
         if (len !== 2) return wrongLen(2);
-        vxlanPort = u16At(buf, v);
+        vxlanPort = readU16(buf, v);
         break;
       case T_POD_SUBNETS: {
         const list: Subnet[] = [];
@@ -312,7 +306,7 @@ export function decodeNodeRecord(buf: Uint8Array): Parsed<NodeRecord> {
           const prefixLen = buf[p + 1] as number;
           if (family === FAMILY_V4) {
             if (prefixLen > 32) return fail(`pod subnet prefix length ${prefixLen} exceeds 32`);
-            list.push({ family: 4, network: u32At(buf, p + 2) as Ipv4, prefixLen });
+            list.push({ family: 4, network: readU32(buf, p + 2) as Ipv4, prefixLen });
           } else if (prefixLen > 128) {
             return fail(`pod subnet prefix length ${prefixLen} exceeds 128`);
           } else {
@@ -327,7 +321,7 @@ export function decodeNodeRecord(buf: Uint8Array): Parsed<NodeRecord> {
         if (len !== LEASE_LEN) return wrongLen(LEASE_LEN);
         const state = LEASE_STATE_BY_CODE[buf[v] as number];
         if (state === undefined) return fail(`lease state ${buf[v] as number} is not known`);
-        lease = { state, stamp: u16At(buf, v + 1) * 2 ** 32 + u32At(buf, v + 3), seq: u32At(buf, v + 7) };
+        lease = { state, stamp: readU16(buf, v + 1) * 2 ** 32 + readU32(buf, v + 3), seq: readU32(buf, v + 7) };
         break;
       }
     }

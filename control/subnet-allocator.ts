@@ -21,7 +21,7 @@
 // quarantine entry owned by this node does not block it (its own lease comes back on restart).
 
 import { createHash } from "node:crypto";
-import { formatSubnet, subnetsOverlap, type Ipv4, type Parsed, type Subnet } from "../encap/types";
+import { formatSubnet, subnetInside, subnetsOverlap, type Ipv4, type Parsed, type Subnet } from "../encap/types";
 import { checkNodeName, MAX_CLAIM_SEQ, type LeaseState, type NodeRecord } from "./node-record";
 
 export const DEFAULT_SUBNET_LEN = 24;
@@ -139,10 +139,6 @@ export function checkSubnetLen(clusterCidr: Subnet, subnetLen: number): Parsed<n
     };
   }
   return { ok: true, value: subnetLen };
-}
-
-function subnetInside(inner: Subnet, outer: Subnet): boolean {
-  return inner.prefixLen >= outer.prefixLen && subnetsOverlap(inner, outer);
 }
 
 type Range = readonly [number, number];

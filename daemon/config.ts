@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import type { Peer } from "../encap/fdb";
 import {
-  formatSubnet, parseIpv4, parseMac, parseSubnet, parseVni, subnetsOverlap, vtepMacFor,
+  formatSubnet, parseIpv4, parseMac, parseSubnet, parseVni, subnetInside, subnetsOverlap, vtepMacFor,
   type Ipv4, type MacAddr, type Parsed, type Subnet, type Vni,
 } from "../encap/types";
 import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
@@ -149,10 +149,6 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
 }
 
 const DEFAULT_CLUSTER_CIDR: Subnet = { family: 4, network: 0x0af40000 as Ipv4, prefixLen: 16 };
-
-function subnetInside(inner: Subnet, outer: Subnet): boolean {
-  return inner.prefixLen >= outer.prefixLen && subnetsOverlap(inner, outer);
-}
 
 /** "127.0.0.1:9464", or "off". */
 export function parseListenAddr(text: string): Parsed<{ host: string; port: number } | "off"> {

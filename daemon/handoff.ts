@@ -2,8 +2,9 @@
 // plugin (ours or another) needs, atomically, in two forms: a flannel-style subnet.env and
 // JSON. Readers never see a half-written file.
 
-import { renameSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import { writeFileAtomic } from "./atomic-file";
 import { formatIpv4, formatSubnet, subnetAddress, type Subnet } from "../encap/types";
 
 export const SUBNET_ENV_FILE = "subnet.env";
@@ -38,17 +39,11 @@ export function writeHandoff(runDir: string, h: Handoff): void {
     bridge: h.bridge,
     controlSocket: h.controlSocket,
   }, null, 2) + "\n";
-  atomicWrite(join(runDir, SUBNET_ENV_FILE), env);
-  atomicWrite(join(runDir, NETWORK_JSON_FILE), json);
+  writeFileAtomic(join(runDir, SUBNET_ENV_FILE), env);
+  writeFileAtomic(join(runDir, NETWORK_JSON_FILE), json);
 }
 
 /** Removes the hand-off on shutdown: a stopped daemon's subnet must not look ready. */
 export function removeHandoff(runDir: string): void {
   for (const f of [SUBNET_ENV_FILE, NETWORK_JSON_FILE]) rmSync(join(runDir, f), { force: true });
-}
-
-function atomicWrite(file: string, text: string): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, text, { mode: 0o644 });
-  renameSync(tmp, file);
 }

@@ -1,9 +1,10 @@
 // The node's subnet lease on disk, so a restart (also after a crash) keeps its subnet.
 
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatSubnet, parseSubnet } from "../encap/types";
 import type { Lease } from "../control/subnet-allocator";
+import { writeFileAtomic } from "./atomic-file";
 
 export const LEASE_FILE = "lease.json";
 
@@ -28,8 +29,6 @@ export function readLease(stateDir: string): Lease | null {
 
 export function writeLease(stateDir: string, lease: Lease): void {
   mkdirSync(stateDir, { recursive: true, mode: 0o755 });
-  const file = join(stateDir, LEASE_FILE);
-  const tmp = `${file}.${process.pid}.tmp`;
-  writeFileSync(tmp, JSON.stringify({ subnet: formatSubnet(lease.subnet), state: lease.state, stamp: lease.stamp, seq: lease.seq }) + "\n");
-  renameSync(tmp, file);
+  writeFileAtomic(join(stateDir, LEASE_FILE),
+    JSON.stringify({ subnet: formatSubnet(lease.subnet), state: lease.state, stamp: lease.stamp, seq: lease.seq }) + "\n");
 }

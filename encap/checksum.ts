@@ -37,23 +37,3 @@ export function writeIpv4HeaderChecksum(slab: Uint8Array, ipOff: number, ihl: nu
   slab[ipOff + 10] = c >>> 8;
   slab[ipOff + 11] = c & 0xff;
 }
-
-export function writeU16(slab: Uint8Array, off: number, v: number): void {
-  slab[off] = (v >>> 8) & 0xff;
-  slab[off + 1] = v & 0xff;
-}
-
-export function readU16(slab: Uint8Array, off: number): number {
-  return ((slab[off] as number) << 8) | (slab[off + 1] as number);
-}
-
-export function readU32(slab: Uint8Array, off: number): number {
-  return (((slab[off] as number) << 24) | ((slab[off + 1] as number) << 16) | ((slab[off + 2] as number) << 8) | (slab[off + 3] as number)) >>> 0;
-}
-
-export function writeU32(slab: Uint8Array, off: number, v: number): void {
-  slab[off] = (v >>> 24) & 0xff;
-  slab[off + 1] = (v >>> 16) & 0xff;
-  slab[off + 2] = (v >>> 8) & 0xff;
-  slab[off + 3] = v & 0xff;
-}

@@ -1,6 +1,9 @@
 // Just enough Ethernet and IPv4 parsing for forwarding decisions. Offsets are into a slab;
 // nothing here allocates.
 
+import { readU32 } from "./bytes";
+import { readMac } from "./types";
+
 export const ETH_HEADER_LEN = 14;
 export const ETHERTYPE_IPV4 = 0x0800;
 export const ETHERTYPE_ARP = 0x0806;
@@ -17,33 +20,23 @@ export function isGroupDestination(buf: Uint8Array, frameOff: number): boolean {
 
 /** Destination MAC as a 48-bit number, without allocating. */
 export function dstMac(buf: Uint8Array, frameOff: number): number {
-  return macAt(buf, frameOff);
+  return readMac(buf, frameOff);
 }
 
 export function srcMac(buf: Uint8Array, frameOff: number): number {
-  return macAt(buf, frameOff + 6);
-}
-
-function macAt(buf: Uint8Array, o: number): number {
-  return (buf[o] as number) * 0x10000000000 + (buf[o + 1] as number) * 0x100000000 +
-    (((buf[o + 2] as number) << 24) >>> 0) + ((buf[o + 3] as number) << 16) +
-    ((buf[o + 4] as number) << 8) + (buf[o + 5] as number);
+  return readMac(buf, frameOff + 6);
 }
 
 /** Minimum bytes for an Ethernet frame carrying an IPv4 header without options. */
 export const MIN_IPV4_FRAME = ETH_HEADER_LEN + 20;
 
-function u32At(buf: Uint8Array, o: number): number {
-  return (((buf[o] as number) << 24) | ((buf[o + 1] as number) << 16) | ((buf[o + 2] as number) << 8) | (buf[o + 3] as number)) >>> 0;
-}
-
 /** IPv4 source address of the packet in an Ethernet frame (caller checked the ethertype and length). */
 export function ipv4Src(buf: Uint8Array, frameOff: number): number {
-  return u32At(buf, frameOff + ETH_HEADER_LEN + 12);
+  return readU32(buf, frameOff + ETH_HEADER_LEN + 12);
 }
 
 export function ipv4Dst(buf: Uint8Array, frameOff: number): number {
-  return u32At(buf, frameOff + ETH_HEADER_LEN + 16);
+  return readU32(buf, frameOff + ETH_HEADER_LEN + 16);
 }
 
 /**

@@ -5,7 +5,8 @@
 // validate each, merge consecutive segments of one TCP flow into one super-frame and give it
 // to the TAP with a virtio_net_hdr saying GSO TCPv4. Pure functions over slabs; no I/O.
 
-import { fold, pseudoHeaderSum, readU16, readU32, writeIpv4HeaderChecksum, writeU16, writeU32, type SumFn } from "./checksum";
+import { readU16, readU32, writeU16, writeU32 } from "./bytes";
+import { fold, pseudoHeaderSum, writeIpv4HeaderChecksum, type SumFn } from "./checksum";
 import { ETH_HEADER_LEN, ETHERTYPE_IPV4, etherType } from "./frame";
 
 /** struct virtio_net_hdr (without num_buffers): the TAP's default vnet header size. */

@@ -85,6 +85,11 @@ export function subnetsOverlap(a: Subnet, b: Subnet): boolean {
   return ((a.network & mask) >>> 0) === ((b.network & mask) >>> 0);
 }
 
+/** True when `inner` lies entirely inside `outer`. */
+export function subnetInside(inner: Subnet, outer: Subnet): boolean {
+  return inner.prefixLen >= outer.prefixLen && subnetsOverlap(inner, outer);
+}
+
 /** The n-th address of a subnet (0 = network address). */
 export function subnetAddress(s: Subnet, n: number): Ipv4 {
   return ((s.network + n) >>> 0) as Ipv4;

@@ -2,7 +2,7 @@
 // first ADD on a node creates its bridge, pods reach each other across nodes by their own
 // addresses, and deleting them removes their veths and frees their addresses. The shim talks to
 // the daemon's own control socket when the daemon serves op "cni"; until it is wired to, to the
-// CNI handler served beside it (cni/harness.ts) in the same node namespace.
+// CNI handler served beside it (bench/cni-harness.ts) in the same node namespace.
 
 import { execFile } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster } from "../bench/cluster";
 import { Lab } from "../bench/lab";
 import { hostVethName } from "../cni/handler";
-import { CniNode, addPodNs, nsNameOf, type PluginRun } from "../cni/testkit";
+import { CniNode, addPodNs, nsNameOf, type PluginRun } from "../bench/cni-testkit";
 
 const execFileP = promisify(execFile);
 

@@ -1,7 +1,7 @@
 // The CNI plugin driven exactly as a container runtime drives it (DESIGN §5, §7): the BUILT shim
 // build/Release/vxmesh-cni is exec'd with the CNI environment and the configuration on stdin,
 // in the node's network namespace; it talks over a real unix socket to the real CNI handler
-// (cni/harness.ts: the daemon's listenControl and protocol) running in that namespace; pods are
+// (bench/cni-harness.ts: the daemon's listenControl and protocol) running in that namespace; pods are
 // real network namespaces. The reference bridge + host-local plugins (/usr/lib/cni) get the same
 // calls for comparison. Everything lives in namespaces and directories of one lab, removed by
 // its teardown also when a test fails.
@@ -17,7 +17,7 @@ import { loadNative } from "../encap/native";
 import { runInstallCni } from "../daemon/install-cni";
 import { hostVethName } from "../cni/handler";
 import { queuedDelPath } from "../cni/queue";
-import { CniNode, REFERENCE_DIR, addPodNs, nsNameOf, referenceConfig, runPlugin, shapeOf, shim, type PluginRun } from "../cni/testkit";
+import { CniNode, REFERENCE_DIR, addPodNs, nsNameOf, referenceConfig, runPlugin, shapeOf, shim, type PluginRun } from "../bench/cni-testkit";
 
 const execFileP = promisify(execFile);
 

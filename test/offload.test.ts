@@ -1,6 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { pseudoHeaderSum, readU16, readU32, sumJs } from "../encap/checksum";
+import { readU16, readU32 } from "../encap/bytes";
+import { pseudoHeaderSum, sumJs } from "../encap/checksum";
 import { COUNTER_COUNT, Counter, totalDrops } from "../encap/counters";
 import { ForwardingTable, type Peer } from "../encap/fdb";
 import { loadNative } from "../encap/native";

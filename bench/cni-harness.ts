@@ -3,7 +3,7 @@
 // daemon will once it is wired (cni/README.md, "Wiring"). Not a product command: the daemon
 // itself serves op "cni" next to "status".
 //
-//   node dist/cni/harness.js --run-dir DIR --state-dir DIR [--subnet 10.244.1.0/24|none]
+//   node dist/bench/cni-harness.js --run-dir DIR --state-dir DIR [--subnet 10.244.1.0/24|none]
 //                            [--mtu 1450] [--bridge vxmesh-br]
 //
 // Run it inside the node's network namespace. Prints "ready" on stdout once it serves; SIGTERM
@@ -12,7 +12,7 @@
 import { closeControl, listenControl } from "../daemon/control-socket";
 import { createLogger } from "../daemon/log";
 import { parseSubnet, type Subnet } from "../encap/types";
-import { createCniHandler, isCniRequest } from "./handler";
+import { createCniHandler, isCniRequest } from "../cni/handler";
 
 function flag(argv: string[], name: string): string | undefined {
   const i = argv.indexOf(`--${name}`);

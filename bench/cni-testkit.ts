@@ -6,26 +6,18 @@
 // teardown removes it, also after a failure.
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { controlSocketPath } from "../daemon/control-socket";
-import { shimBinaryPath } from "./paths";
+import { shimBinaryPath } from "../cni/paths";
+import { packageRoot } from "./cluster";
 
 /** What this kit needs of bench/lab.ts's Lab. */
 export interface LabLike {
   readonly prefix: string;
   workDir(): string;
   spawn(ns: string, argv: readonly string[], opts?: { env?: NodeJS.ProcessEnv }): ChildProcess;
-}
-
-function packageRoot(): string {
-  let dir = __dirname;
-  for (let i = 0; i < 4; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "binding.gyp"))) return dir;
-    dir = dirname(dir);
-  }
-  throw new Error(`cannot find the vxmesh package root above ${__dirname}`);
 }
 
 async function waitUntil(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
@@ -139,7 +131,7 @@ export interface CniNodeOptions {
 
 /**
  * A node for CNI tests: a network namespace with the CNI handler serving a control socket in it
- * (cni/harness.ts, the daemon's listenControl and protocol), its own run and state dirs.
+ * (bench/cni-harness.ts, the daemon's listenControl and protocol), its own run and state dirs.
  */
 export class CniNode {
   private harness: ChildProcess | undefined;
@@ -189,7 +181,7 @@ export class CniNode {
 
   async start(): Promise<void> {
     if (this.running || this.opts.external !== undefined) return;
-    const argv = [process.execPath, join(packageRoot(), "dist", "cni", "harness.js"),
+    const argv = [process.execPath, join(packageRoot(), "dist", "bench", "cni-harness.js"),
       "--run-dir", this.runDir, "--state-dir", this.stateDir, "--subnet", this.opts.subnet,
       "--mtu", String(this.opts.mtu ?? 1450), "--bridge", this.opts.bridge ?? "vxmesh-br"];
     const child = this.lab.spawn(this.namespace, argv, { env: { ...process.env, VXMESH_LOG_LEVEL: process.env["VXMESH_LOG_LEVEL"] ?? "warn" } });
