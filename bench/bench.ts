@@ -10,9 +10,9 @@
 //   tcp4     four TCP streams, the same way
 //   udp64    64-byte UDP datagrams from 2–4 sendmmsg(2) senders, one per core (a small C helper
 //            compiled into the lab's directory; Python if there is no C compiler) at nice 19,
-//            offered without a rate limit; received packets/s counted on the receiving pod's
-//            interface over a window after one second of warm-up, loss against what the sending
-//            pod's interface sent in the same window
+//            offered without a rate limit; received datagrams/s counted at the receiving pod's
+//            UDP layer (/proc/net/snmp) over a window after one second of warm-up, loss against
+//            what the sending pod's interface sent in the same window
 //   udp1400  the same with 1400-byte datagrams; Gbit/s of UDP payload received
 //   rtt      UDP ping-pong of 64-byte datagrams between the pods (the same C helper,
 //            CLOCK_MONOTONIC per round trip; Node with process.hrtime without a compiler — Node
@@ -134,9 +134,31 @@ export interface UdpRates {
   received: number;
 }
 
-/** Rates of a UDP window from counters at its start and end. */
-export function udpRates(rx0: IfCounters, rx1: IfCounters, tx0: IfCounters, tx1: IfCounters, seconds: number, payloadBytes: number): UdpRates {
-  const received = rx1.rxPackets - rx0.rxPackets;
+/**
+ * Datagrams that reached the UDP layer of a network namespace, from its /proc/net/snmp:
+ * delivered to a socket (InDatagrams) or dropped there for a full receive buffer
+ * (RcvbufErrors). Counted here rather than on the interface because an interface counts a
+ * GSO super-frame once, however many datagrams the kernel later cuts it into.
+ */
+export function parseUdpDatagramsIn(snmp: string): number {
+  const lines = snmp.split("\n").filter((l) => l.startsWith("Udp: "));
+  const names = lines[0]?.split(/\s+/) ?? [];
+  const values = lines[1]?.split(/\s+/) ?? [];
+  const get = (name: string): number => {
+    const i = names.indexOf(name);
+    const v = i < 0 ? undefined : values[i];
+    if (v === undefined || !/^\d+$/.test(v)) throw new Error(`no Udp ${name} in /proc/net/snmp`);
+    return Number(v);
+  };
+  return get("InDatagrams") + get("RcvbufErrors");
+}
+
+/**
+ * Rates of a UDP window: datagrams that reached the receiving pod's UDP layer at its start
+ * and end, and the sending pod's interface counters.
+ */
+export function udpRates(rx0: number, rx1: number, tx0: IfCounters, tx1: IfCounters, seconds: number, payloadBytes: number): UdpRates {
+  const received = rx1 - rx0;
   const sent = tx1.txPackets + tx1.txDropped - (tx0.txPackets + tx0.txDropped);
   const pps = received / seconds;
   return {
@@ -154,8 +176,8 @@ export function udpRates(rx0: IfCounters, rx1: IfCounters, tx0: IfCounters, tx1:
 /**
  * `benchnet`, four modes:
  *   send DST PORT SECONDS SIZE   UDP datagrams of SIZE bytes, 64 per sendmmsg(2), no rate limit
- *   hold PORT SECONDS            a bound UDP socket nobody reads: datagrams reach the pod (and
- *                                are counted on its interface) without an ICMP port-unreachable
+ *   hold PORT SECONDS            a bound UDP socket nobody reads: datagrams reach the pod's UDP
+ *                                layer (and are counted there) without an ICMP port-unreachable
  *                                going back, and without a reader competing for CPU
  *   echo PORT SECONDS            sends every datagram back to its sender
  *   ping DST PORT COUNT WARM GAP_US
@@ -347,7 +369,7 @@ async function prepareTools(dir: string, senders: number): Promise<BenchTools> {
   const bin = join(dir, "benchnet");
   writeFileSync(src, BENCHNET_C);
   const rttC = "C ping-pong of 64-byte UDP datagrams between the pods, CLOCK_MONOTONIC per round trip";
-  const senderText = (kind: string): string => `${senders} × ${kind} sender${senders === 1 ? "" : "s"} at nice 19, no rate limit; received = the receiving pod's interface counter`;
+  const senderText = (kind: string): string => `${senders} × ${kind} sender${senders === 1 ? "" : "s"} at nice 19, no rate limit; received = datagrams reaching the receiving pod's UDP layer (/proc/net/snmp)`;
   try {
     await execFileP("cc", ["-O2", "-o", bin, src], { timeout: 60_000 });
     return {
@@ -644,6 +666,12 @@ async function ifCounters(lab: Lab, pod: LabPod): Promise<IfCounters> {
   return parseIpLinkStats(r.stdout);
 }
 
+async function udpDatagramsIn(lab: Lab, pod: LabPod): Promise<number> {
+  const r = await lab.exec(pod, ["cat", "/proc/net/snmp"], { timeoutMs: 10_000 });
+  if (r.code !== 0) throw new Error(`/proc/net/snmp in ${pod.name}: ${r.stderr.trim()}`);
+  return parseUdpDatagramsIn(r.stdout);
+}
+
 function collect(child: ChildProcess): { out: () => string; exited: Promise<number | null> } {
   let out = "";
   child.stdout?.setEncoding("utf8").on("data", (c: string) => (out += c));
@@ -670,10 +698,10 @@ async function measureUdp(p: ActivePath, seconds: number, size: number): Promise
     });
     try {
       await sleep(UDP_WARMUP_MS);
-      const [rx0, tx0] = await Promise.all([ifCounters(p.lab, p.server), ifCounters(p.lab, p.client)]);
+      const [rx0, tx0] = await Promise.all([udpDatagramsIn(p.lab, p.server), ifCounters(p.lab, p.client)]);
       const t0 = process.hrtime.bigint();
       await sleep(seconds * 1000);
-      const [rx1, tx1] = await Promise.all([ifCounters(p.lab, p.server), ifCounters(p.lab, p.client)]);
+      const [rx1, tx1] = await Promise.all([udpDatagramsIn(p.lab, p.server), ifCounters(p.lab, p.client)]);
       const window = Number(process.hrtime.bigint() - t0) / 1e9;
       const codes = await Promise.all(senders.map((s) => s.exited));
       const bad = codes.findIndex((c) => c !== 0);

@@ -17,9 +17,10 @@ import { ETH_HEADER_LEN, flowHash } from "./frame";
 import {
   TcpCoalescer, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
   VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, completeChecksum, readVnetHeader, segmentTcp4,
-  segmentsPerSend, tcp4HeaderLength, writeVnetHeader, MAX_GSO_SEGMENTS, type SegmentPlan, type VnetHeader,
+  segmentsPerSend, tcp4HeaderLength, writeVnetHeader, MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, type SegmentPlan, type VnetHeader,
 } from "./offload";
 import type { Vni } from "./types";
+import { UdpCoalescer, udp4HeaderLength } from "./udp-coalescer";
 import { VXLAN_HEADER_LEN, writeVxlanHeader } from "./vxlan";
 
 export interface OffloadCoreOptions {
@@ -68,9 +69,20 @@ export class OffloadCore {
   /** The virtio_net_hdr for each frame to write, VNET_HDR_LEN bytes apart. */
   readonly writeHdrs: Uint8Array;
 
+  // Per send queue, the plain datagram (or run of them) its last entry holds, so the next
+  // plain datagram of the same size to the same peer can join it as one UDP_SEGMENT send:
+  // the entry index (-1: the last entry is not a plain one), its TAP slot (whose segment area
+  // the run is gathered in), and the run's datagram size, count and end offset.
+  private readonly runEntry: Int32Array;
+  private readonly runSlot: Uint32Array;
+  private readonly runSize: Uint32Array;
+  private readonly runCount: Uint32Array;
+  private readonly runEnd: Uint32Array;
+
   private readonly vh: VnetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
   private readonly plan: SegmentPlan = { segSize: 0, segments: 0, totalBytes: 0 };
-  private readonly coalescer: TcpCoalescer;
+  private readonly tcpCoalescer: TcpCoalescer;
+  private readonly udpCoalescer: UdpCoalescer;
 
   constructor(
     options: OffloadCoreOptions,
@@ -94,6 +106,12 @@ export class OffloadCore {
     this.tapLens = new Uint32Array(this.tapBatch);
     const cap = this.tapBatch * SENDS_PER_FRAME;
     this.sendQueues = newSendQueues(options.sourcePorts, cap);
+    const nQueues = this.sendQueues.length;
+    this.runEntry = new Int32Array(nQueues);
+    this.runSlot = new Uint32Array(nQueues);
+    this.runSize = new Uint32Array(nQueues);
+    this.runCount = new Uint32Array(nQueues);
+    this.runEnd = new Uint32Array(nQueues);
 
     this.rxLens = new Uint32Array(this.rxBatch);
     this.rxSrcIps = new Uint32Array(this.rxBatch);
@@ -103,7 +121,8 @@ export class OffloadCore {
     this.writeOffs = new Uint32Array(writes);
     this.writeLens = new Uint32Array(writes);
     this.writeHdrs = new Uint8Array(writes * VNET_HDR_LEN);
-    this.coalescer = new TcpCoalescer(sum);
+    this.tcpCoalescer = new TcpCoalescer(sum);
+    this.udpCoalescer = new UdpCoalescer(sum);
   }
 
   /**
@@ -118,7 +137,10 @@ export class OffloadCore {
     const plan = this.plan;
     const queues = this.sendQueues;
     const nQueues = queues.length;
-    for (let q = 0; q < nQueues; q++) (queues[q] as SendQueue).count = 0;
+    for (let q = 0; q < nQueues; q++) {
+      (queues[q] as SendQueue).count = 0;
+      this.runEntry[q] = -1;
+    }
     c[Counter.TapReadBatches]! += 1;
     let out = 0;
     for (let i = 0; i < count; i++) {
@@ -134,7 +156,8 @@ export class OffloadCore {
       const gso = vh.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
       const entry = routeFrame(c, this.table, slab, frame, flen, gso === VIRTIO_NET_HDR_GSO_NONE ? this.maxFrame : MAX_FRAME_BYTES);
       if (entry === undefined) continue;
-      const queue = queues[nQueues === 1 ? 0 : flowHash(slab, frame, flen) % nQueues] as SendQueue;
+      const q = nQueues === 1 ? 0 : flowHash(slab, frame, flen) % nQueues;
+      const queue = queues[q] as SendQueue;
 
       if (gso === VIRTIO_NET_HDR_GSO_NONE) {
         if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && !completeChecksum(slab, frame, flen, vh.csumStart, vh.csumOffset, this.sum)) {
@@ -142,10 +165,16 @@ export class OffloadCore {
           continue;
         }
         writeVxlanHeader(slab, frame - VXLAN_HEADER_LEN, this.vni);
+        if (this.joinRun(q, queue, frame - VXLAN_HEADER_LEN, flen + VXLAN_HEADER_LEN, entry.underlayIp)) continue;
+        this.runEntry[q] = queue.count;
+        this.runSlot[q] = i;
+        this.runSize[q] = flen + VXLAN_HEADER_LEN;
+        this.runCount[q] = 1;
         this.enqueue(queue, frame - VXLAN_HEADER_LEN, flen + VXLAN_HEADER_LEN, 0, entry.underlayIp);
         out++;
         continue;
       }
+      this.runEntry[q] = -1;
       const segOut = this.segBase + i * this.segStride;
       if (gso !== VIRTIO_NET_HDR_GSO_TCPV4 || !segmentTcp4(slab, frame, flen, vh.gsoSize, segOut, this.segStride, 0, this.sum, plan)) {
         c[Counter.DropBadOffload]! += 1;
@@ -168,6 +197,37 @@ export class OffloadCore {
     return out;
   }
 
+  /**
+   * Appends a plain datagram to the queue's last entry when that is a run of plain datagrams of
+   * the same size to the same peer with room left: the kernel then sends the run with one
+   * UDP_SEGMENT pass through the stack instead of one per datagram, and a UDP_GRO receiver gets
+   * it as one read. A shorter datagram may end a run. The first datagram of a run stays in its
+   * TAP slot until a second one joins; then both are gathered in that slot's segment area.
+   */
+  private joinRun(q: number, queue: SendQueue, off: number, len: number, ip: number): boolean {
+    const e = this.runEntry[q] as number;
+    if (e < 0 || queue.ips[e] !== ip) return false;
+    const size = this.runSize[q] as number;
+    const count = this.runCount[q] as number;
+    if (len > size || count >= MAX_GSO_SEGMENTS || (count + 1) * size > MAX_UDP_PAYLOAD) return false;
+    const slab = this.slab;
+    if (count === 1) {
+      const area = this.segBase + (this.runSlot[q] as number) * this.segStride;
+      slab.copyWithin(area, queue.offs[e] as number, (queue.offs[e] as number) + size);
+      queue.offs[e] = area;
+      queue.segSizes[e] = size;
+      this.runEnd[q] = area + size;
+    }
+    const end = this.runEnd[q] as number;
+    slab.copyWithin(end, off, off + len);
+    this.runEnd[q] = end + len;
+    queue.lens[e] = (queue.lens[e] as number) + len;
+    this.runCount[q] = count + 1;
+    // Only the last datagram of a UDP_SEGMENT send may be shorter than the others.
+    if (len < size) this.runEntry[q] = -1;
+    return true;
+  }
+
   private enqueue(queue: SendQueue, off: number, len: number, segSize: number, ip: number): void {
     const n = queue.count++;
     queue.offs[n] = off;
@@ -179,13 +239,14 @@ export class OffloadCore {
 
   /**
    * Validates `count` receive entries datagram by datagram, merges consecutive TCP segments
-   * of one flow, and fills writeOffs/writeLens/writeHdrs. Returns the frames to write.
+   * or UDP datagrams of one flow, and fills writeOffs/writeLens/writeHdrs. Returns the frames to write.
    */
   decapsulate(count: number): number {
     const c = this.counters;
     const slab = this.slab;
     const table = this.table;
-    const co = this.coalescer;
+    const tco = this.tcpCoalescer;
+    const uco = this.udpCoalescer;
     c[Counter.UdpRecvBatches]! += 1;
     c[Counter.UdpRxReads]! += count;
     let w = 0;
@@ -214,26 +275,36 @@ export class OffloadCore {
         if (!acceptDatagram(c, table, this.vni, slab, off, dlen, srcIp, this.maxFrame)) continue;
         const frame = off + VXLAN_HEADER_LEN;
         const flen = dlen - VXLAN_HEADER_LEN;
-        const hdrLen = tcp4HeaderLength(slab, frame, flen);
-        if (hdrLen > 0 && flen > hdrLen && co.checksumValid(slab, frame, flen)) {
-          if (co.offer(slab, frame, flen, hdrLen)) continue;
-          if (co.start >= 0) w = this.emitCoalesced(w);
-          co.open(slab, frame, flen, hdrLen);
+        const tcpHdr = tcp4HeaderLength(slab, frame, flen);
+        if (tcpHdr > 0 && flen > tcpHdr && tco.checksumValid(slab, frame, flen)) {
+          if (tco.offer(slab, frame, flen, tcpHdr)) continue;
+          w = this.flush(w);
+          tco.open(slab, frame, flen, tcpHdr);
           continue;
         }
-        if (co.start >= 0) w = this.emitCoalesced(w);
+        const udpHdr = udp4HeaderLength(slab, frame, flen);
+        if (udpHdr > 0 && uco.checksumValid(slab, frame, flen)) {
+          if (uco.offer(slab, frame, flen, udpHdr)) continue;
+          w = this.flush(w);
+          uco.open(slab, frame, flen, udpHdr);
+          continue;
+        }
+        w = this.flush(w);
         writeVnetHeader(this.writeHdrs, w * VNET_HDR_LEN, 0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0);
         this.writeOffs[w] = frame;
         this.writeLens[w] = flen;
         w++;
       }
-      if (co.start >= 0) w = this.emitCoalesced(w);
+      // Merging happens in place within one receive slot.
+      w = this.flush(w);
     }
     return w;
   }
 
-  private emitCoalesced(w: number): number {
-    const co = this.coalescer;
+  /** Emits the open super-frame, if any (at most one coalescer is open at a time). */
+  private flush(w: number): number {
+    const co = this.tcpCoalescer.start >= 0 ? this.tcpCoalescer : this.udpCoalescer.start >= 0 ? this.udpCoalescer : undefined;
+    if (co === undefined) return w;
     if (co.segments > 1) this.counters[Counter.TapTxSuperFrames]! += 1;
     this.writeOffs[w] = co.start;
     this.writeLens[w] = co.length;

@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseIpLinkStats, parseProcStatTicks, parseVmRssKb, runSuite, runSucceeded, udpRates, writeResults } from "../bench/bench";
+import { parseIpLinkStats, parseProcStatTicks, parseUdpDatagramsIn, parseVmRssKb, runSuite, runSucceeded, udpRates, writeResults } from "../bench/bench";
 import { fastdConfig, parseGeneratedKey } from "../bench/fastd";
 import {
   FIGURES,
@@ -344,9 +344,22 @@ describe("bench parsers", () => {
     expect(parseIpLinkStats(json)).toEqual({ rxPackets: 10, txPackets: 20, txDropped: 3 });
   });
 
+  it("counts datagrams that reached the UDP layer from /proc/net/snmp", () => {
+    const snmp = [
+      "Ip: Forwarding DefaultTTL",
+      "Ip: 1 64",
+      "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors",
+      "Udp: 1200 3 55 7 50 0 5 0 0",
+      "UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors",
+      "UdpLite: 0 0 0 0 0 0 0 0 0",
+    ].join("\n");
+    expect(parseUdpDatagramsIn(snmp)).toBe(1250);
+    expect(() => parseUdpDatagramsIn("Ip: Forwarding\nIp: 1\n")).toThrow(/InDatagrams/);
+  });
+
   it("computes UDP rates and loss over a window", () => {
-    const c = (rx: number, tx: number, drop = 0): { rxPackets: number; txPackets: number; txDropped: number } => ({ rxPackets: rx, txPackets: tx, txDropped: drop });
-    const r = udpRates(c(1000, 0), c(201_000, 0), c(0, 5000), c(0, 245_000, 10_000), 2, 1400);
+    const c = (tx: number, drop = 0): { rxPackets: number; txPackets: number; txDropped: number } => ({ rxPackets: 0, txPackets: tx, txDropped: drop });
+    const r = udpRates(1000, 201_000, c(5000), c(245_000, 10_000), 2, 1400);
     expect(r.received).toBe(200_000);
     expect(r.sent).toBe(250_000);
     expect(r.pps).toBe(100_000);

@@ -11,6 +11,7 @@ import {
 } from "../encap/offload";
 import type { SendQueue } from "../encap/forwarder-core";
 import { OffloadCore } from "../encap/offload-core";
+import { VIRTIO_NET_HDR_GSO_UDP_L4 } from "../encap/udp-coalescer";
 import { parseSubnet, vtepMacFor, writeMac, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
 
 const native = loadNative();
@@ -69,6 +70,58 @@ function tcpFrame(dstMac: MacAddr, srcMac: MacAddr, src: number, dst: number, se
   const s = sumJs(f, t, thl + payload.length, pseudoHeaderSum(f, 14, 6, thl + payload.length));
   dv.setUint16(t + 16, ~s & 0xffff);
   return f;
+}
+
+/** Ethernet + IPv4 + UDP + payload; checksums valid; DF as given (else the id matters). */
+function udpFrame(dstMac: MacAddr, srcMac: MacAddr, src: number, dst: number, id: number, srcPort: number, payload: Uint8Array, df = true): Uint8Array {
+  const f = new Uint8Array(14 + 20 + 8 + payload.length);
+  const dv = new DataView(f.buffer);
+  writeMac(f, 0, dstMac);
+  writeMac(f, 6, srcMac);
+  dv.setUint16(12, 0x0800);
+  f[14] = 0x45;
+  dv.setUint16(16, 28 + payload.length);
+  dv.setUint16(18, id & 0xffff);
+  dv.setUint16(20, df ? 0x4000 : 0);
+  f[22] = 64;
+  f[23] = 17;
+  dv.setUint32(26, src);
+  dv.setUint32(30, dst);
+  dv.setUint16(24, ~sumJs(f, 14, 20, 0) & 0xffff);
+  dv.setUint16(34, srcPort);
+  dv.setUint16(36, 5001);
+  dv.setUint16(38, 8 + payload.length);
+  f.set(payload, 42);
+  const s = ~sumJs(f, 34, 8 + payload.length, pseudoHeaderSum(f, 14, 17, 8 + payload.length)) & 0xffff;
+  dv.setUint16(40, s === 0 ? 0xffff : s);
+  return f;
+}
+
+/**
+ * What the kernel does with a GSO_UDP_L4 frame before a pod sees it: one datagram per gsoSize
+ * of payload, each with the headers, its own lengths, the next IP id and fresh checksums.
+ */
+function segmentUdpLikeKernel(frame: Uint8Array, gsoSize: number): Uint8Array[] {
+  const payload = frame.subarray(42);
+  const id0 = readU16(frame, 18);
+  const out: Uint8Array[] = [];
+  for (let o = 0, k = 0; o < payload.length; o += gsoSize, k++) {
+    const chunk = payload.subarray(o, Math.min(payload.length, o + gsoSize));
+    const f = new Uint8Array(42 + chunk.length);
+    f.set(frame.subarray(0, 42));
+    f.set(chunk, 42);
+    const dv = new DataView(f.buffer);
+    dv.setUint16(16, 28 + chunk.length);
+    dv.setUint16(18, (id0 + k) & 0xffff);
+    dv.setUint16(24, 0);
+    dv.setUint16(24, ~sumJs(f, 14, 20, 0) & 0xffff);
+    dv.setUint16(38, 8 + chunk.length);
+    dv.setUint16(40, 0);
+    const s = ~sumJs(f, 34, 8 + chunk.length, pseudoHeaderSum(f, 14, 17, 8 + chunk.length)) & 0xffff;
+    dv.setUint16(40, s === 0 ? 0xffff : s);
+    out.push(f);
+  }
+  return out;
 }
 
 function tcpChecksumOk(buf: Uint8Array, frame: number, len: number): boolean {
@@ -195,6 +248,118 @@ describe("fast path: segmentation and coalescing", () => {
       expect(rx.decapsulate(1), name).toBe(expected);
       expect(totalDrops(rx.counters), name).toBe(0);
     }
+  });
+
+  it("sends equal-size plain frames to one peer as UDP_SEGMENT runs and merges a UDP flow back into GSO_UDP_L4 frames the kernel cuts byte-exact", () => {
+    const frameArb = fc.record({
+      size: fc.constantFrom(18, 18, 18, 18, 1372, 1372, 700, 5),
+      flow: fc.constantFrom(40001, 40001, 40001, 40002),
+      toPeer: fc.constantFrom(true, true, true, true, true, false),
+      df: fc.constantFrom(true, true, true, false),
+    });
+    fc.assert(fc.property(fc.array(frameArb, { minLength: 1, maxLength: 64 }), (specs) => {
+      const other: Peer = { ...PEER, name: "n3", underlayIp: 0xc000020d as Ipv4, subnet: subnet("10.244.3.0/24"), vtepMac: vtepMacFor("n3") };
+      const built = ForwardingTable.build([PEER, other]);
+      if (!built.ok) throw new Error(built.error);
+      const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 64, rxBatch: 64, sourcePorts: 1 }, built.table, new Float64Array(COUNTER_COUNT), sum);
+      const frames = specs.map((sp, i) => {
+        const payload = new Uint8Array(sp.size).map((_, j) => (i * 7 + j) & 0xff);
+        return udpFrame(sp.toPeer ? PEER.vtepMac : other.vtepMac, LOCAL_MAC, DST, SRC, 100 + i, sp.flow, payload, sp.df);
+      });
+      frames.forEach((f, i) => {
+        const slot = tx.tapBase + i * tx.tapStride;
+        writeVnetHeader(tx.slab, slot, 0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0);
+        tx.slab.set(f, slot + VNET_HDR_LEN);
+        tx.tapLens[i] = f.length + VNET_HDR_LEN;
+      });
+      tx.encapsulate(frames.length);
+      expect(totalDrops(tx.counters)).toBe(0);
+      const q = tx.sendQueues[0] as SendQueue;
+
+      // On the wire, in order per peer: VXLAN header + the frame, untouched.
+      const wire: { ip: number; d: Uint8Array }[] = [];
+      for (let e = 0; e < q.count; e++) {
+        const seg = q.segSizes[e] || q.lens[e]!;
+        for (let o = 0; o < q.lens[e]!; o += seg) {
+          if (o + seg < q.lens[e]!) expect(q.lens[e]! - o).toBeGreaterThanOrEqual(seg);
+          wire.push({ ip: q.ips[e]!, d: tx.slab.slice(q.offs[e]! + o, q.offs[e]! + Math.min(q.lens[e]!, o + seg)) });
+        }
+      }
+      const expected = frames.map((f, i) => ({ ip: specs[i]!.toPeer ? PEER.underlayIp : other.underlayIp, f }));
+      expect(wire.map((w) => w.ip)).toEqual(expected.map((x) => x.ip));
+      wire.forEach((w, i) => {
+        expect(Array.from(w.d.subarray(0, 8))).toEqual([8, 0, 0, 0, 0, 0, 7, 0]);
+        expect(Buffer.from(w.d.subarray(8))).toEqual(Buffer.from(expected[i]!.f));
+      });
+      // Runs only where sizes allow: fewer sends than frames exactly when two neighbours match.
+      const runs = q.count;
+      expect(runs).toBeLessThanOrEqual(frames.length);
+
+      // The peer receives the entries to it as UDP_GRO runs and writes merged frames; cut as
+      // the kernel cuts them, they are the datagrams that were sent (ids aside where DF is set).
+      const mirror = ForwardingTable.build([MIRROR]);
+      if (!mirror.ok) throw new Error(mirror.error);
+      const rx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 1, rxBatch: 64, sourcePorts: 1 }, mirror.table, new Float64Array(COUNTER_COUNT), sum);
+      let n = 0;
+      for (let e = 0; e < q.count; e++) {
+        if (q.ips[e] !== PEER.underlayIp) continue;
+        const slot = rx.rxBase + n * rx.rxStride;
+        rx.slab.set(tx.slab.subarray(q.offs[e]!, q.offs[e]! + q.lens[e]!), slot);
+        rx.rxLens[n] = q.lens[e]!;
+        rx.rxSegSizes[n] = q.segSizes[e]! < q.lens[e]! ? q.segSizes[e]! : 0;
+        rx.rxSrcIps[n] = PEER.underlayIp;
+        n++;
+      }
+      const written = rx.decapsulate(n);
+      expect(totalDrops(rx.counters)).toBe(0);
+      const delivered: Uint8Array[] = [];
+      const vh: VnetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
+      for (let w = 0; w < written; w++) {
+        readVnetHeader(rx.writeHdrs, w * VNET_HDR_LEN, vh);
+        const out = rx.slab.slice(rx.writeOffs[w]!, rx.writeOffs[w]! + rx.writeLens[w]!);
+        if (vh.gsoType === VIRTIO_NET_HDR_GSO_NONE) {
+          delivered.push(out);
+          continue;
+        }
+        expect(vh).toEqual({ flags: VIRTIO_NET_HDR_F_NEEDS_CSUM, gsoType: VIRTIO_NET_HDR_GSO_UDP_L4, hdrLen: 42, gsoSize: vh.gsoSize, csumStart: 34, csumOffset: 6 });
+        expect(ipChecksumOk(out, 0)).toBe(true);
+        expect(readU16(out, 40)).toBe(pseudoHeaderSum(out, 14, 17, out.length - 34));
+        delivered.push(...segmentUdpLikeKernel(out, vh.gsoSize));
+      }
+      const sentToPeer = frames.filter((_, i) => specs[i]!.toPeer);
+      expect(delivered.length).toBe(sentToPeer.length);
+      delivered.forEach((d, i) => {
+        const orig = sentToPeer[i]!;
+        const df = (orig[20]! & 0x40) !== 0;
+        const masked = (b: Uint8Array): Buffer => {
+          const c = Buffer.from(b);
+          if (df) { c[18] = 0; c[19] = 0; c[24] = 0; c[25] = 0; }
+          return c;
+        };
+        expect(masked(d)).toEqual(masked(orig));
+      });
+    }), { numRuns: 200 });
+
+    // And it does batch: ten equal datagrams of one flow are one send and one TAP write.
+    const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 16, rxBatch: 1, sourcePorts: 1 }, makeCore().table, new Float64Array(COUNTER_COUNT), sum);
+    for (let i = 0; i < 10; i++) {
+      const f = udpFrame(PEER.vtepMac, LOCAL_MAC, DST, SRC, i, 40001, new Uint8Array(18).fill(i));
+      const slot = tx.tapBase + i * tx.tapStride;
+      writeVnetHeader(tx.slab, slot, 0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0);
+      tx.slab.set(f, slot + VNET_HDR_LEN);
+      tx.tapLens[i] = f.length + VNET_HDR_LEN;
+    }
+    tx.encapsulate(10);
+    const q = tx.sendQueues[0] as SendQueue;
+    expect([q.count, q.segSizes[0], q.lens[0]]).toEqual([1, 8 + 60, 10 * (8 + 60)]);
+    const rx = makeCore(MIRROR);
+    rx.slab.set(tx.slab.subarray(q.offs[0]!, q.offs[0]! + q.lens[0]!), rx.rxBase);
+    rx.rxLens[0] = q.lens[0]!;
+    rx.rxSegSizes[0] = q.segSizes[0]!;
+    rx.rxSrcIps[0] = PEER.underlayIp;
+    expect(rx.decapsulate(1)).toBe(1);
+    expect(rx.writeLens[0]).toBe(42 + 10 * 18);
+    expect(rx.counters[Counter.TapTxSuperFrames]).toBe(1);
   });
 
   it("completes a partial checksum of a plain frame before it leaves", () => {
