@@ -10,7 +10,7 @@ import {
 import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
 import { serviceOverlapMessage, serviceOverlaps, type LabelledCidr } from "../control/cidr-overlap";
 import { readConfigFile } from "./config-file";
-import { anyText, boolSwitch, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec, type Origin } from "./flags";
+import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec } from "./flags";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -165,19 +165,9 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
       batch: v.batch ?? 64,
       sourcePorts: v.sourcePorts ?? 8,
       offload: v.offload ?? true,
-      serviceCidrs: (v.serviceCidr ?? []).map((subnet) => ({ subnet, label: `service CIDR ${formatSubnet(subnet)} (${originName("service-cidr", o.serviceCidr)})` })),
+      serviceCidrs: (v.serviceCidr ?? []).map((subnet) => ({ subnet, label: `service CIDR ${formatSubnet(subnet)} (${describeOrigin("service-cidr", o.serviceCidr)})` })),
     },
   };
-}
-
-/** "--service-cidr", "VXMESH_SERVICE_CIDR", "service-cidr in vxmesh.yaml:4". */
-function originName(flag: string, origin: Origin): string {
-  switch (origin.kind) {
-    case "flag": return origin.flag;
-    case "env": return origin.variable;
-    case "file": return `${origin.key} in ${origin.line === undefined ? origin.file : `${origin.file}:${origin.line}`}`;
-    case "default": return `the default --${flag}`;
-  }
 }
 
 /** The pod addresses of this node's configuration: the cluster CIDR, or the static subnets. */

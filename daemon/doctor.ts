@@ -17,7 +17,7 @@ import {
   type DaemonConfig,
 } from "./config";
 import { ownDevices } from "./daemon";
-import { formatHelp } from "./flags";
+import { boolSwitch, formatHelp } from "./flags";
 
 export type CheckStatus = "pass" | "fail" | "skip";
 
@@ -230,10 +230,14 @@ export async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv)
 
 export async function runDoctor(argv: readonly string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(formatHelp("doctor", "Checks this host and a daemon configuration before `vxmesh daemon` runs: /dev/net/tun, CAP_NET_ADMIN, ports, MTU, CIDR overlaps, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise. --json prints the results as JSON.", daemonFlags, CONFIG_HELP_NOTES) + "\n");
+    const flags = { json: { name: "json", help: "print the results as JSON", defaultText: "false", isSwitch: true, parse: boolSwitch }, ...daemonFlags };
+    const summary = "Checks this host and a daemon configuration (the same flags, variables and --config as `vxmesh daemon`) before a start: " +
+      "/dev/net/tun, CAP_NET_ADMIN, ports, MTU, CIDR overlaps, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
+    process.stdout.write(formatHelp("doctor", summary, flags, CONFIG_HELP_NOTES) + "\n");
     return 0;
   }
-  const json = argv.includes("--json") || argv.includes("--json=true");
+  const fromEnv = boolSwitch(process.env["VXMESH_JSON"] ?? "");
+  const json = argv.includes("--json") || argv.includes("--json=true") || (!argv.includes("--json=false") && fromEnv.ok && fromEnv.value);
   const rest = argv.filter((a) => a !== "--json" && a !== "--json=true" && a !== "--json=false");
   const results = await runChecks(rest, process.env);
   const code = doctorExitCode(results);

@@ -66,6 +66,16 @@ export function describeSetting(flag: string, value: string, origin: Origin): st
   }
 }
 
+/** Where a value came from: "--service-cidr", "VXMESH_SERVICE_CIDR", "service-cidr in vxmesh.yaml:4". */
+export function describeOrigin(flag: string, origin: Origin): string {
+  switch (origin.kind) {
+    case "flag": return origin.flag;
+    case "env": return origin.variable;
+    case "file": return `${origin.key} in ${fileLocation(origin.file, origin.line)}`;
+    case "default": return `the default --${flag}`;
+  }
+}
+
 function invalid(spec: FlagSpec<unknown>, text: string, origin: Origin, expected: string): string {
   const value = JSON.stringify(text);
   switch (origin.kind) {
