@@ -5,11 +5,18 @@
 
 import * as fs from "node:fs";
 import { extname } from "node:path";
-import { isMap, isScalar, LineCounter, parseDocument, type Document } from "yaml";
+import type * as Yaml from "yaml";
 import type { Parsed } from "../encap/types";
 import { fileLocation, type FileLayer, type FlagSpecs } from "./flags";
 
 export type ConfigFormat = "yaml" | "json";
+
+// Loaded on first use: the parser costs ~60 ms at start-up, which `vxmesh status`, `keygen`
+// and every run without --config need not pay.
+let yamlModule: typeof Yaml | undefined;
+function yaml(): typeof Yaml {
+  return (yamlModule ??= require("yaml") as typeof Yaml);
+}
 
 /** By extension (.json, .yaml, .yml); otherwise by content: a file starting with `{` is JSON. */
 export function configFormatOf(file: string, text: string): ConfigFormat {
@@ -39,6 +46,7 @@ export function parseConfigFile(file: string, text: string, specs: FlagSpecs, fo
   }
   // Lines of keys come from the YAML parser for both formats (JSON is YAML's flow style); for
   // JSON this is best effort, the values themselves come from JSON.parse.
+  const { LineCounter, parseDocument } = yaml();
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: true, uniqueKeys: true });
   if (format === "yaml") {
@@ -113,7 +121,8 @@ function valueText(value: unknown, list: boolean): Parsed<string> {
 }
 
 /** Line of each top-level key, from the YAML parser's ranges. */
-function keyLines(doc: Document, lineCounter: LineCounter): Map<string, number> {
+function keyLines(doc: Yaml.Document, lineCounter: Yaml.LineCounter): Map<string, number> {
+  const { isMap, isScalar } = yaml();
   const out = new Map<string, number>();
   if (!isMap(doc.contents)) return out;
   for (const pair of doc.contents.items) {
