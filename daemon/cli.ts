@@ -2,7 +2,7 @@
 // `vxmesh` — one executable, several subcommands.
 
 import { formatHelp, parseFlags, anyText, boolSwitch } from "./flags";
-import { daemonFlags, parseDaemonConfig } from "./config";
+import { CONFIG_HELP_NOTES, daemonFlags, loadDaemonSettings } from "./config";
 import { queryControl } from "./control-socket";
 import { createLogger } from "./log";
 import { StartupError, startDaemon } from "./daemon";
@@ -14,6 +14,7 @@ commands:
   daemon    run the overlay daemon on this node
   status    show a running daemon's peers, members and counters
   install-cni  put the CNI plugin vxmesh-cni and a conflist in place for a container runtime
+  doctor    check this host and a daemon configuration before starting (changes nothing)
   keygen    print a new gossip key (base64 of 32 random bytes) for a --key-file
   demo      build a 3-node lab in network namespaces and show pods talking across nodes
   bench     compare throughput and latency of the kernel's VXLAN, vxmesh and fastd in a namespace lab
@@ -26,6 +27,10 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case "daemon": return runDaemon(rest);
     case "status": return runStatus(rest);
+    case "doctor": {
+      const { runDoctor } = await import("./doctor");
+      return runDoctor(rest);
+    }
     case "bench": {
       const { runBench } = await import("./bench-command");
       return runBench(rest);
@@ -55,10 +60,10 @@ async function main(argv: string[]): Promise<number> {
 
 async function runDaemon(argv: string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
-    process.stdout.write(formatHelp("daemon", "Runs the overlay daemon: creates the TAP, programs routes and neighbours for every peer, forwards pod traffic inside VXLAN.", daemonFlags) + "\n");
+    process.stdout.write(formatHelp("daemon", "Runs the overlay daemon: creates the TAP, programs routes and neighbours for every peer, forwards pod traffic inside VXLAN.", daemonFlags, CONFIG_HELP_NOTES) + "\n");
     return 0;
   }
-  const parsed = parseDaemonConfig(argv, process.env);
+  const parsed = loadDaemonSettings(argv, process.env);
   if (!parsed.ok) {
     process.stderr.write(`vxmesh daemon: ${parsed.error}\n`);
     return 2;
@@ -72,7 +77,7 @@ async function runDaemon(argv: string[]): Promise<number> {
     if (err instanceof StartupError) {
       log.error(err.message);
       process.stderr.write(`vxmesh daemon: ${err.message}\n`);
-      return 1;
+      return err.exitCode;
     }
     throw err;
   }

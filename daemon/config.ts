@@ -1,4 +1,5 @@
-// The daemon's settings: flags, their validation, and the peers file.
+// The daemon's settings: flags (also VXMESH_* variables and keys of a --config file), their
+// validation, and the peers file.
 
 import * as fs from "node:fs";
 import type { Peer } from "../encap/fdb";
@@ -7,7 +8,9 @@ import {
   type Ipv4, type MacAddr, type Parsed, type Subnet, type Vni,
 } from "../encap/types";
 import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
-import { anyText, boolSwitch, intInRange, parseFlags, type FlagSpec } from "./flags";
+import { serviceOverlapMessage, serviceOverlaps, type LabelledCidr } from "../control/cidr-overlap";
+import { readConfigFile } from "./config-file";
+import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec } from "./flags";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -49,6 +52,8 @@ export interface DaemonConfig {
   batch: number;
   sourcePorts: number;
   offload: boolean;
+  /** Service CIDRs pod addresses must stay clear of; each with where it was set. */
+  serviceCidrs: LabelledCidr[];
 }
 
 /** The underlay IPv4 + UDP + VXLAN + inner Ethernet headers. */
@@ -76,12 +81,14 @@ export function parseLogLevel(text: string): Parsed<string> {
 export const daemonFlags = {
   nodeName: { name: "node-name", help: "this node's name, unique in the cluster", required: true, parse: parseNodeName } satisfies FlagSpec<string>,
   underlayIp: { name: "underlay-ip", help: "this node's underlay IPv4 address; VXLAN is sent from and received on it", required: true, parse: parseIpv4 } satisfies FlagSpec<Ipv4>,
-  subnet: { name: "subnet", help: "this node's pod subnet, e.g. 10.244.1.0/24 (with --peers: required; with gossip: static instead of claimed)", parse: parseSubnet } satisfies FlagSpec<Subnet>,
-  peers: { name: "peers", help: "static peers: a JSON file listing the other nodes [{name, underlayIp, subnet, vtepMac}] (instead of gossip)", parse: anyText } satisfies FlagSpec<string>,
-  keyFile: { name: "key-file", help: "gossip keyring: base64 AES-256 keys, one per line, the first encrypts (mode 0600; `vxmesh keygen` makes one)", parse: anyText } satisfies FlagSpec<string>,
-  join: { name: "join", help: "gossip seeds to join, HOST:PORT[,HOST:PORT…] (none for the first node)", parse: parseJoinList } satisfies FlagSpec<GossipAddress[]>,
+  config: { name: "config", help: "a config file (YAML, or JSON: by extension, else by content) whose keys are these flag names", defaultText: "none", parse: anyText } satisfies FlagSpec<string>,
+  subnet: { name: "subnet", help: "this node's pod subnet, e.g. 10.244.1.0/24 (with --peers: required; with gossip: static instead of claimed)", defaultText: "claimed from --cluster-cidr", parse: parseSubnet } satisfies FlagSpec<Subnet>,
+  peers: { name: "peers", help: "static peers: a JSON file listing the other nodes [{name, underlayIp, subnet, vtepMac}] (instead of gossip)", defaultText: "none: gossip", parse: anyText } satisfies FlagSpec<string>,
+  keyFile: { name: "key-file", help: "gossip keyring: base64 AES-256 keys, one per line, the first encrypts (mode 0600; `vxmesh keygen` makes one)", defaultText: "none; required for gossip", parse: anyText } satisfies FlagSpec<string>,
+  join: { name: "join", help: "gossip seeds to join, HOST:PORT[,HOST:PORT…]", defaultText: "none: the first node", repeatable: true, parse: parseJoinList } satisfies FlagSpec<GossipAddress[]>,
   gossipPort: { name: "gossip-port", help: "UDP and TCP port for gossip on the underlay address, 1-65535", defaultText: "7946", parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
   clusterCidr: { name: "cluster-cidr", help: "the pod network node subnets are claimed from", defaultText: "10.244.0.0/16", parse: parseSubnet } satisfies FlagSpec<Subnet>,
+  serviceCidr: { name: "service-cidr", help: "service (ClusterIP) CIDRs, CIDR[,CIDR…]; pod addresses must not overlap them", defaultText: "none", repeatable: true, parse: parseCidrList } satisfies FlagSpec<Subnet[]>,
   subnetLen: { name: "subnet-len", help: "prefix length of each node's subnet, from the cluster CIDR's length to 30", defaultText: "24", parse: intInRange(1, 30) } satisfies FlagSpec<number>,
   claimWait: { name: "claim-wait", help: "seconds a subnet claim must stand unchallenged before it is confirmed (one anti-entropy round), 0-600", defaultText: "30", parse: intInRange(0, 600) } satisfies FlagSpec<number>,
   vni: { name: "vni", help: "VXLAN network identifier, 0-16777215", defaultText: "1", parse: parseVni } satisfies FlagSpec<Vni>,
@@ -98,11 +105,25 @@ export const daemonFlags = {
   sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
 };
 
-export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEnv): Parsed<DaemonConfig> {
-  const parsed = parseFlags(daemonFlags, argv, env);
+/** Notes for `vxmesh daemon --help` on where settings come from. */
+export const CONFIG_HELP_NOTES = [
+  "Every flag can also be set as VXMESH_<FLAG> in the environment, or as a key in the file given",
+  "by --config (YAML or JSON; keys are the flag names, e.g. cluster-cidr, or their camelCase).",
+  "Precedence: flag > environment > config file > default.",
+];
+
+/**
+ * The daemon's settings from the command line, the environment and an optional config file.
+ * Checks every value and how they combine, except the pod/service CIDR overlap
+ * (`serviceCidrConflict`), which `parseDaemonConfig` adds.
+ */
+export function parseDaemonSettings(argv: readonly string[], env: NodeJS.ProcessEnv, file?: FileLayer): Parsed<DaemonConfig> {
+  const parsed = parseFlags(daemonFlags, argv, env, file);
   if (!parsed.ok) return parsed;
   if (parsed.positional.length > 0) return { ok: false, error: `unexpected argument ${JSON.stringify(parsed.positional[0])}` };
   const v = parsed.values;
+  const o = parsed.origins;
+  const show = (key: keyof typeof daemonFlags, value: string): string => describeSetting(daemonFlags[key].name, value, o[key]);
   const nodeName = v.nodeName as string;
   let source: PeerSource;
   if (v.peers !== undefined) {
@@ -116,10 +137,10 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
     const clusterCidr = v.clusterCidr ?? DEFAULT_CLUSTER_CIDR;
     const subnetLen = v.subnetLen ?? 24;
     if (subnetLen < clusterCidr.prefixLen) {
-      return { ok: false, error: `--subnet-len ${subnetLen} is shorter than --cluster-cidr ${formatSubnet(clusterCidr)}'s prefix: expected ${clusterCidr.prefixLen} to 30` };
+      return { ok: false, error: `${show("subnetLen", String(subnetLen))} is shorter than the prefix of ${show("clusterCidr", formatSubnet(clusterCidr))}: expected ${clusterCidr.prefixLen} to 30` };
     }
     if (v.subnet !== undefined && !subnetInside(v.subnet, clusterCidr)) {
-      return { ok: false, error: `--subnet ${formatSubnet(v.subnet)} is not inside --cluster-cidr ${formatSubnet(clusterCidr)}` };
+      return { ok: false, error: `${show("subnet", formatSubnet(v.subnet))} is not inside ${show("clusterCidr", formatSubnet(clusterCidr))}` };
     }
     source = {
       kind: "gossip", keyFile: v.keyFile, join: v.join ?? [], gossipPort: v.gossipPort ?? 7946, clusterCidr, subnetLen,
@@ -144,8 +165,69 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
       batch: v.batch ?? 64,
       sourcePorts: v.sourcePorts ?? 8,
       offload: v.offload ?? true,
+      serviceCidrs: (v.serviceCidr ?? []).map((subnet) => ({ subnet, label: `service CIDR ${formatSubnet(subnet)} (${describeOrigin("service-cidr", o.serviceCidr)})` })),
     },
   };
+}
+
+/** The pod addresses of this node's configuration: the cluster CIDR, or the static subnets. */
+export function podCidrs(config: DaemonConfig, staticPeers: readonly Peer[] = []): LabelledCidr[] {
+  const src = config.source;
+  if (src.kind === "gossip") {
+    const out: LabelledCidr[] = [{ subnet: src.clusterCidr, label: `--cluster-cidr ${formatSubnet(src.clusterCidr)}` }];
+    if (src.subnet !== undefined) out.push({ subnet: src.subnet, label: `--subnet ${formatSubnet(src.subnet)}` });
+    return out;
+  }
+  return [
+    { subnet: src.subnet, label: `--subnet ${formatSubnet(src.subnet)}` },
+    ...staticPeers.map((p) => ({ subnet: p.subnet, label: `peer ${p.name}'s subnet ${formatSubnet(p.subnet)} (in --peers ${src.peersFile})` })),
+  ];
+}
+
+/** Why these pod addresses collide with a configured service CIDR, or undefined. */
+export function serviceCidrConflict(config: DaemonConfig, staticPeers: readonly Peer[] = []): string | undefined {
+  const first = serviceOverlaps(podCidrs(config, staticPeers), config.serviceCidrs)[0];
+  return first === undefined ? undefined : serviceOverlapMessage(first);
+}
+
+/** Settings as `parseDaemonSettings`, and pod addresses clear of every service CIDR. */
+export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEnv, file?: FileLayer): Parsed<DaemonConfig> {
+  const parsed = parseDaemonSettings(argv, env, file);
+  if (!parsed.ok) return parsed;
+  const conflict = serviceCidrConflict(parsed.value);
+  return conflict === undefined ? parsed : { ok: false, error: conflict };
+}
+
+/**
+ * The --config file named on the command line (it wins) or in VXMESH_CONFIG, with how it was
+ * named, or undefined. Only a scan: parseFlags checks the rest of argv.
+ */
+export function configFileArg(argv: readonly string[], env: NodeJS.ProcessEnv): { file: string; via: string } | undefined {
+  let found: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === "--config") found = argv[i + 1];
+    else if (arg.startsWith("--config=")) found = arg.slice("--config=".length);
+  }
+  if (found !== undefined && found !== "") return { file: found, via: "--config" };
+  const fromEnv = env[envName("config")];
+  return fromEnv === undefined || fromEnv === "" ? undefined : { file: fromEnv, via: envName("config") };
+}
+
+/** Thin shell: reads the config file, if one is named, then parses everything. */
+export function loadDaemonSettings(
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+  parse: typeof parseDaemonConfig = parseDaemonConfig,
+): Parsed<DaemonConfig> {
+  const named = configFileArg(argv, env);
+  let layer: FileLayer | undefined;
+  if (named !== undefined) {
+    const read = readConfigFile(named.file, daemonFlags, named.via);
+    if (!read.ok) return read;
+    layer = read.value;
+  }
+  return parse(argv, env, layer);
 }
 
 const DEFAULT_CLUSTER_CIDR: Subnet = { family: 4, network: 0x0af40000 as Ipv4, prefixLen: 16 };
@@ -160,6 +242,17 @@ export function parseListenAddr(text: string): Parsed<{ host: string; port: numb
     return { ok: false, error: "IPv4:PORT such as 127.0.0.1:9464 (port 1-65535), or off" };
   }
   return { ok: true, value: { host: m?.[1] as string, port } };
+}
+
+/** "10.96.0.0/12,10.97.0.0/16". */
+export function parseCidrList(text: string): Parsed<Subnet[]> {
+  const out: Subnet[] = [];
+  for (const part of text.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
+    const s = parseSubnet(part);
+    if (!s.ok) return { ok: false, error: `a comma-separated list of IPv4 CIDRs such as 10.96.0.0/12; ${part}: expected ${s.error}` };
+    out.push(s.value);
+  }
+  return out.length > 0 ? { ok: true, value: out } : { ok: false, error: "at least one IPv4 CIDR such as 10.96.0.0/12" };
 }
 
 /** "192.0.2.11:7946,192.0.2.12" (the port defaults to 7946). */

@@ -7,7 +7,9 @@ import type { Peer } from "../encap/fdb";
 import { formatIpv4, formatMac, formatSubnet, type Subnet } from "../encap/types";
 import { loadKeyring, type Keyring } from "../control/keyring";
 import { findUnderlayInterface } from "../control/underlay";
-import { IPV4_OVERHEAD, MIN_MTU, readPeersFile, type DaemonConfig } from "./config";
+import { hostRouteOverlapMessage, hostRouteOverlaps } from "../control/cidr-overlap";
+import { readHostRoutes } from "../control/host-routes";
+import { IPV4_OVERHEAD, MIN_MTU, podCidrs, readPeersFile, serviceCidrConflict, type DaemonConfig } from "./config";
 import { closeControl, controlInUse, controlSocketPath, listenControl } from "./control-socket";
 import { DataPlane } from "./dataplane";
 import { GossipController } from "./gossip-controller";
@@ -56,6 +58,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     const parsed = readPeersFile(src.peersFile, { ...config, subnet: src.subnet });
     if (!parsed.ok) throw new StartupError(parsed.error);
     staticPeers = parsed.value;
+    const conflict = serviceCidrConflict(config, staticPeers);
+    if (conflict !== undefined) throw new StartupError(conflict, 2);
   }
   let keyring: Keyring | undefined;
   if (src.kind === "gossip") {
@@ -76,6 +80,8 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   if (mtu < MIN_MTU) {
     throw new StartupError(`the underlay ${underlay.value.ifname} has MTU ${underlay.value.mtu}, leaving ${mtu} for pods, below the minimum ${MIN_MTU}`);
   }
+  const routeConflict = hostRouteOverlaps(podCidrs(config, staticPeers), await readHostRoutes(), ownDevices(config))[0];
+  if (routeConflict !== undefined) throw new StartupError(hostRouteOverlapMessage(routeConflict));
 
   const cleanups: (() => Promise<void> | void)[] = [];
   const undo = async (): Promise<void> => {
@@ -187,6 +193,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     await undo();
     throw err;
   }
+}
+
+/** Devices whose routes are the overlay's own: the TAP and the pod bridge. */
+export function ownDevices(config: DaemonConfig): string[] {
+  return [config.tap, POD_BRIDGE];
 }
 
 /** Kernel conflicts at start (a route someone else owns) are the operator's to fix. */

@@ -8,7 +8,7 @@
 // needs a real underlay address runs inside a lab node's namespace.
 
 import { execFile } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -18,6 +18,7 @@ import type { LabNode } from "../bench/lab";
 import { Cluster, cliPath } from "../bench/cluster";
 import { daemonFlags } from "../daemon/config";
 import { envName } from "../daemon/flags";
+import { generateKey } from "../control/keyring";
 
 const execFileP = promisify(execFile);
 
@@ -124,7 +125,7 @@ afterAll(() => {
 });
 
 describe("vxmesh CLI: usage", () => {
-  it("`vxmesh daemon --help` exits 0 and lists every flag with its environment variable", async () => {
+  it("`vxmesh daemon --help` exits 0 and lists every flag with its default and environment variable, and --config", async () => {
     const r = await cli(["daemon", "--help"]);
     expect(r.code).toBe(0);
     const lines = r.stdout.split("\n");
@@ -133,8 +134,14 @@ describe("vxmesh CLI: usage", () => {
     for (const spec of specs) {
       const i = lines.findIndex((l) => new RegExp(`^\\s+--${spec.name}\\b`).test(l));
       expect(i, `--${spec.name} in:\n${r.stdout}`).toBeGreaterThanOrEqual(0);
+      expect(lines[i], `default of --${spec.name}`).toMatch(spec.required ? /\(required\)$/ : new RegExp(`\\(default ${spec.defaultText?.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\)$`));
       expect(lines[i + 1]?.trim(), `env var of --${spec.name}`).toBe(`env ${envName(spec.name)}`);
     }
+    for (const [flag, dflt] of [["vxlan-port", "4789"], ["cluster-cidr", "10.244.0.0/16"], ["offload", "true"], ["service-cidr", "none"], ["metrics-addr", "127.0.0.1:9464"]]) {
+      expect(lines.find((l) => l.startsWith(`  --${flag} `))).toContain(`(default ${dflt})`);
+    }
+    expect(r.stdout).toContain("--config (YAML or JSON");
+    expect(r.stdout).toContain("Precedence: flag > environment > config file > default.");
     for (const required of ["node-name", "underlay-ip"]) {
       expect(lines.find((l) => l.includes(`--${required} `))).toContain("(required)");
     }
@@ -235,6 +242,78 @@ describe("vxmesh daemon: a bad peers file exits 1 naming the file and the entry"
   });
 });
 
+describe("vxmesh daemon --config: a bad file exits 2 naming the file, the line, the key and what is valid", () => {
+  const cases: { name: string; file: string; text: string | null; want: (f: string) => string }[] = [
+    { name: "a bad value in YAML", file: "bad-value.yaml", text: "vni: 1\nvxlan-port: 70000\n", want: (f) => `vxlan-port "70000" in ${f}:2 is not valid: expected an integer from 1 to 65535` },
+    { name: "a bad value in JSON", file: "bad-value.json", text: '{\n  "mtu": 10\n}', want: (f) => `mtu "10" in ${f}:2 is not valid: expected an integer from 576 to 9000` },
+    { name: "a bad boolean", file: "bad-bool.yaml", text: "offload: perhaps\n", want: (f) => `offload "perhaps" in ${f}:1 is not valid: expected true or false` },
+    { name: "an unknown key", file: "unknown.yaml", text: "vni: 1\nvxlanport: 8472\n", want: (f) => `${f}:2: unknown setting "vxlanport"; did you mean vxlan-port?` },
+    { name: "malformed YAML", file: "broken.yaml", text: "vni: 1\njoin: [192.0.2.1\ntap: x\n", want: (f) => `${f}:3:1: not valid YAML: ` },
+    { name: "malformed JSON", file: "broken.json", text: '{\n  "vni": 1,\n}', want: (f) => `${f}:3:1: not valid JSON: ` },
+    { name: "an unreadable file", file: "missing.yaml", text: null, want: (f) => `--config ${f}: cannot read it (ENOENT)` },
+  ];
+
+  it.each(cases)("$name", async ({ file: name, text, want }) => {
+    const f = text === null ? join(dir, name) : file(name, text);
+    const args = [...daemonArgs(), "--config", f];
+    const r = await cli(args);
+    expect(r.code, r.stderr).toBe(2);
+    const message = r.stderr.trim();
+    expect(message.split("\n")).toHaveLength(1);
+    expect(message).toContain(`vxmesh daemon: ${want(f)}`);
+    await expectNothingLeftInRoot(args);
+  });
+
+  it("VXMESH_CONFIG names the file too, and a flag beats the file's bad value", async () => {
+    const f = file("env-named.yaml", "vni: 99999999\n");
+    const viaEnv = await cli(daemonArgs(), { VXMESH_CONFIG: f });
+    expect(viaEnv.code, viaEnv.stderr).toBe(2);
+    expect(viaEnv.stderr).toContain(`vni "99999999" in ${f}:1 is not valid`);
+    // --vni wins over the file, so the start gets as far as the underlay check (exit 1).
+    const args = [...daemonArgs({ vni: "5" }), "--config", f];
+    const won = await cli(args);
+    expect(won.code, won.stderr).toBe(1);
+    expect(won.stderr).toContain("--underlay-ip 192.0.2.250 is not assigned to any interface");
+    await expectNothingLeftInRoot(args);
+  });
+
+  it("every required setting may come from the file", async () => {
+    const tap = uniqueTap();
+    const f = file("complete.yaml", [
+      "node-name: t1", "underlayIp: 192.0.2.250", "subnet: 10.244.1.0/24", `peers: ${goodPeers()}`, `tap: ${tap}`, `run-dir: ${join(dir, `run-${tap}`)}`,
+    ].join("\n"));
+    const r = await cli(["daemon", "--config", f]);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain("--underlay-ip 192.0.2.250 is not assigned to any interface");
+  });
+});
+
+describe("vxmesh daemon: pod addresses overlapping a --service-cidr exit 2", () => {
+  it("the node's subnet", async () => {
+    const args = daemonArgs({ "service-cidr": "10.96.0.0/12,10.244.0.0/20" });
+    const r = await cli(args);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr.trim()).toBe("vxmesh daemon: --subnet 10.244.1.0/24 overlaps service CIDR 10.244.0.0/20 (--service-cidr): pod and service addresses must not overlap; choose pod addresses outside every service CIDR");
+    await expectNothingLeftInRoot(args);
+  });
+
+  it("the cluster CIDR (service CIDR from the environment)", async () => {
+    const args = daemonArgs({ peers: null, subnet: null, "key-file": "/nonexistent-key" });
+    const r = await cli(args, { VXMESH_SERVICE_CIDR: "10.244.128.0/17" });
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr.trim()).toBe("vxmesh daemon: --cluster-cidr 10.244.0.0/16 overlaps service CIDR 10.244.128.0/17 (VXMESH_SERVICE_CIDR): pod and service addresses must not overlap; choose pod addresses outside every service CIDR");
+  });
+
+  it("a static peer's subnet (from the config file)", async () => {
+    const f = file("svc.yaml", "service-cidr:\n  - 10.96.0.0/12\n  - 10.244.2.0/24\n");
+    const args = [...daemonArgs(), "--config", f];
+    const r = await cli(args);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr.trim()).toBe(`vxmesh daemon: peer t2's subnet 10.244.2.0/24 (in --peers ${goodPeers()}) overlaps service CIDR 10.244.2.0/24 (service-cidr in ${f}:1): pod and service addresses must not overlap; choose pod addresses outside every service CIDR`);
+    await expectNothingLeftInRoot(args);
+  });
+});
+
 describe("vxmesh daemon: start-up errors in the root namespace", () => {
   it("an --underlay-ip assigned to no interface exits 1 before creating anything", async () => {
     const args = daemonArgs();
@@ -261,13 +340,14 @@ describe("vxmesh daemon: start-up errors inside a lab node", () => {
   });
 
   /** Runs `vxmesh daemon` as n1 inside n1's namespace with a peer (so a start would add a route). */
-  async function startInN1(over: Record<string, string> = {}): Promise<Run & { tap: string; runDir: string }> {
+  async function startInN1(over: Record<string, string> = {}, drop: readonly string[] = []): Promise<Run & { tap: string; runDir: string }> {
     const l = lab as Lab;
     const tap = uniqueTap();
     const runDir = join(dir, `lab-run-${tap}`);
     const flags: Record<string, string> = {
       "node-name": "n1", "underlay-ip": n1.underlayIp, subnet: n1.subnet, peers: peersFile, tap, "run-dir": runDir, ...over,
     };
+    for (const k of drop) delete flags[k];
     const argv = [process.execPath, cliPath(), "daemon", ...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, v])];
     const r = await l.exec(n1, argv, { env: cleanEnv(), timeoutMs: 20_000 });
     return { code: r.code, stdout: r.stdout, stderr: r.stderr, tap, runDir };
@@ -369,6 +449,44 @@ describe("vxmesh daemon: start-up errors inside a lab node", () => {
       want: "10.244.2.0/24",
     },
   ];
+  // The pod addresses meet a route the host already has (not vxmesh's, not on the pod bridge):
+  // refused before anything is made, naming the route and its device; the route stays.
+  const hostRouteCases: { name: string; route: string; over: () => { set: Record<string, string>; drop: string[] }; want: string }[] = [
+    {
+      name: "static peers: a host route inside a peer's subnet",
+      route: "10.244.2.128/25", over: () => ({ set: {}, drop: [] }),
+      want: "vxmesh daemon: peer n2's subnet 10.244.2.0/24 (in --peers PEERS) overlaps the host route 10.244.2.128/25 dev eth0 proto static (device eth0)",
+    },
+    {
+      name: "gossip: a host route inside the cluster CIDR",
+      route: "10.244.200.0/24",
+      over: () => {
+        const key = file("lab-key", generateKey() + "\n");
+        chmodSync(key, 0o600);
+        return { set: { "key-file": key, "state-dir": join(dir, "lab-state") }, drop: ["peers", "subnet"] };
+      },
+      want: "vxmesh daemon: --cluster-cidr 10.244.0.0/16 overlaps the host route 10.244.200.0/24 dev eth0 proto static (device eth0)",
+    },
+  ];
+  for (const c of hostRouteCases) {
+    it(`${c.name}: exits 1 naming the route and its device, and leaves nothing`, async () => {
+      const ns = n1.namespace;
+      expect(n1.underlayIf).toBe("eth0");
+      expect((await ip(["-n", ns, "route", "add", c.route, "dev", "eth0", "proto", "static"])).code).toBe(0);
+      try {
+        const { set, drop } = c.over();
+        const r = await startInN1(set, drop);
+        expect(r.code, r.stderr).toBe(1);
+        expect(r.stderr.trim().split("\n")).toHaveLength(1);
+        expect(r.stderr.trim()).toContain(c.want.replace("PEERS", peersFile));
+        await expectNothingLeftIn(n1, r.tap, r.runDir);
+        expect((await ip(["-n", ns, "route", "show", c.route])).stdout.trim()).toBe(`${c.route} dev eth0 proto static scope link`);
+      } finally {
+        await ip(["-n", ns, "route", "del", c.route, "dev", "eth0"]);
+      }
+    });
+  }
+
   const results = new Map<string, Run & { tap: string; runDir: string }>();
 
   for (const d of defects) {

@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { parseDaemonConfig, parsePeers } from "../daemon/config";
-import { formatMac, parseSubnet, vtepMacFor, type Ipv4 } from "../encap/types";
+import { daemonFlags, parseDaemonConfig, parsePeers, serviceCidrConflict, type DaemonConfig } from "../daemon/config";
+import { parseConfigFile } from "../daemon/config-file";
+import type { FileLayer } from "../daemon/flags";
+import { formatMac, formatSubnet, parseSubnet, vtepMacFor, type Ipv4, type Subnet } from "../encap/types";
 
 const base = ["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--subnet", "10.244.1.0/24", "--peers", "/tmp/p.json"];
 
@@ -28,7 +30,7 @@ describe("daemon flags", () => {
     expect(error([...base, "--mtu", "100"])).toContain("--mtu \"100\" is not valid: expected an integer from 576 to 9000");
     expect(error([...base, "--vtep-mac", "01:00:00:00:00:01"])).toContain("unicast");
     expect(error([...base, "--tap", "a-name-that-is-too-long"])).toContain("--tap");
-    expect(error(["--node-name", "n1"])).toContain("--underlay-ip is required");
+    expect(error(["--node-name", "n1"])).toContain("--underlay-ip is required (or VXMESH_UNDERLAY_IP)");
     expect(error([...base, "--bogus", "1"])).toMatch(/unknown flag --bogus; valid flags: .*--node-name/);
     expect(error([...base.slice(0, 5), "10.244.1.7/24", ...base.slice(6)])).toContain("did you mean 10.244.1.0/24");
     expect(error([...base, "--vni"])).toContain("--vni needs a value");
@@ -79,3 +81,144 @@ describe("peers file", () => {
     ]))).toContain("overlaps n2's 10.244.2.0/24");
   });
 });
+
+describe("config sources: flag > env > file > default", () => {
+  const gossipBase = ["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--key-file", "/tmp/k"];
+  const yaml = [
+    "vni: 7",
+    "offload: false",
+    "service-cidr: [10.96.0.0/12, 10.100.0.0/16]",
+    "join: 192.0.2.21:7000",
+    "clusterCidr: 10.200.0.0/16",
+    "log-level: debug",
+  ].join("\n");
+  const layer = (): FileLayer => {
+    const r = parseConfigFile("/etc/vxmesh/vxmesh.yaml", yaml, daemonFlags);
+    if (!r.ok) throw new Error(r.error);
+    return r.value;
+  };
+  const value = (argv: string[], env: NodeJS.ProcessEnv, file?: FileLayer): DaemonConfig => {
+    const r = parseDaemonConfig([...gossipBase, ...argv], env, file);
+    if (!r.ok) throw new Error(r.error);
+    return r.value;
+  };
+  const gossip = (c: DaemonConfig): Extract<DaemonConfig["source"], { kind: "gossip" }> => {
+    if (c.source.kind !== "gossip") throw new Error("expected gossip");
+    return c.source;
+  };
+  const cidrs = (c: DaemonConfig): string[] => c.serviceCidrs.map((s) => formatSubnet(s.subnet));
+
+  it("defaults when no source gives a value", () => {
+    const c = value([], {});
+    expect(c.vni).toBe(1);
+    expect(c.offload).toBe(true);
+    expect(cidrs(c)).toEqual([]);
+    expect(gossip(c).join).toEqual([]);
+    expect(formatSubnet(gossip(c).clusterCidr)).toBe("10.244.0.0/16");
+  });
+
+  it("the file beats the defaults (an integer, a boolean, lists, a camelCase key)", () => {
+    const c = value([], {}, layer());
+    expect(c.vni).toBe(7);
+    expect(c.offload).toBe(false);
+    expect(cidrs(c)).toEqual(["10.96.0.0/12", "10.100.0.0/16"]);
+    expect(gossip(c).join).toEqual([{ ip: 0xc0000215, port: 7000 }]);
+    expect(formatSubnet(gossip(c).clusterCidr)).toBe("10.200.0.0/16");
+    expect(c.logLevel).toBe("debug");
+  });
+
+  it("the environment beats the file", () => {
+    const env = { VXMESH_VNI: "8", VXMESH_OFFLOAD: "true", VXMESH_SERVICE_CIDR: "10.97.0.0/16", VXMESH_JOIN: "192.0.2.22,192.0.2.23:7001" };
+    const c = value([], env, layer());
+    expect(c.vni).toBe(8);
+    expect(c.offload).toBe(true);
+    expect(cidrs(c)).toEqual(["10.97.0.0/16"]);
+    expect(gossip(c).join).toEqual([{ ip: 0xc0000216, port: 7946 }, { ip: 0xc0000217, port: 7001 }]);
+    expect(c.logLevel).toBe("debug"); // not in the environment: still the file's
+  });
+
+  it("a flag beats the environment and the file; a list flag may repeat or use commas", () => {
+    const env = { VXMESH_VNI: "8", VXMESH_OFFLOAD: "true", VXMESH_SERVICE_CIDR: "10.97.0.0/16" };
+    const c = value(["--vni", "9", "--offload=false", "--service-cidr", "10.98.0.0/16,10.99.0.0/16", "--service-cidr", "10.101.0.0/16", "--log-level", "warn"], env, layer());
+    expect(c.vni).toBe(9);
+    expect(c.offload).toBe(false);
+    expect(cidrs(c)).toEqual(["10.98.0.0/16", "10.99.0.0/16", "10.101.0.0/16"]);
+    expect(c.logLevel).toBe("warn");
+  });
+
+  it("a required setting may come from the file", () => {
+    const r = parseConfigFile("n.json", JSON.stringify({ nodeName: "n7", "underlay-ip": "192.0.2.17", keyFile: "/k" }), daemonFlags);
+    if (!r.ok) throw new Error(r.error);
+    const c = parseDaemonConfig([], {}, r.value);
+    expect(c.ok && c.value.nodeName).toBe("n7");
+    expect(error([], {})).toBe("--node-name is required (or VXMESH_NODE_NAME): this node's name, unique in the cluster");
+    const empty = parseConfigFile("e.yaml", "", daemonFlags);
+    if (!empty.ok) throw new Error(empty.error);
+    const r2 = parseDaemonConfig([], {}, empty.value);
+    expect(r2.ok ? "" : r2.error).toContain("--node-name is required (or VXMESH_NODE_NAME, or node-name in e.yaml)");
+  });
+
+  it("a bad value names the setting, the value, its source and what is valid", () => {
+    const file = (text: string): FileLayer => {
+      const r = parseConfigFile("/etc/vxmesh/vxmesh.yaml", text, daemonFlags);
+      if (!r.ok) throw new Error(r.error);
+      return r.value;
+    };
+    const err = (argv: string[], env: NodeJS.ProcessEnv, f?: FileLayer): string => {
+      const r = parseDaemonConfig([...gossipBase, ...argv], env, f);
+      if (r.ok) throw new Error("expected an error");
+      return r.error;
+    };
+    expect(err(["--offload=maybe"], {})).toBe('--offload "maybe" is not valid: expected true or false');
+    expect(err([], { VXMESH_OFFLOAD: "maybe" })).toBe('VXMESH_OFFLOAD "maybe" is not valid: expected true or false');
+    expect(err([], {}, file("# comment\noffload: maybe"))).toBe('offload "maybe" in /etc/vxmesh/vxmesh.yaml:2 is not valid: expected true or false');
+    expect(err([], {}, file("vni: 16777216"))).toBe('vni "16777216" in /etc/vxmesh/vxmesh.yaml:1 is not valid: expected an integer from 0 to 16777215');
+    expect(err([], {}, file("gossipPort: 0"))).toBe('gossipPort "0" in /etc/vxmesh/vxmesh.yaml:1 is not valid: expected an integer from 1 to 65535');
+    expect(err([], {}, file("service-cidr: [10.96.0.1/12]"))).toContain('service-cidr "10.96.0.1/12" in /etc/vxmesh/vxmesh.yaml:1 is not valid: expected a comma-separated list of IPv4 CIDRs such as 10.96.0.0/12; 10.96.0.1/12: expected a network address with host bits zero (did you mean 10.96.0.0/12?)');
+    expect(err(["--service-cidr", "x"], {})).toContain('--service-cidr "x" is not valid');
+    expect(err([], { VXMESH_SERVICE_CIDR: "10.96.0.0/12,bad" })).toContain('VXMESH_SERVICE_CIDR "10.96.0.0/12,bad" is not valid');
+    // Values that only conflict together say where each came from.
+    expect(err(["--subnet-len", "8"], {}, file("cluster-cidr: 10.244.0.0/16"))).toBe(
+      "--subnet-len 8 is shorter than the prefix of cluster-cidr 10.244.0.0/16 (in /etc/vxmesh/vxmesh.yaml:1): expected 16 to 30");
+    expect(err([], { VXMESH_SUBNET: "10.9.0.0/24" })).toBe("VXMESH_SUBNET=10.9.0.0/24 is not inside --cluster-cidr 10.244.0.0/16 (the default)");
+    // Flags still win over a bad value in the file or the environment.
+    expect(value(["--vni", "5"], { VXMESH_VNI: "x" }, file("vni: y")).vni).toBe(5);
+  });
+});
+
+describe("service CIDRs", () => {
+  const gossipBase = ["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--key-file", "/tmp/k"];
+  const err = (argv: string[], env: NodeJS.ProcessEnv = {}): string => {
+    const r = parseDaemonConfig(argv, env);
+    if (r.ok) throw new Error("expected an error");
+    return r.error;
+  };
+
+  it("the cluster CIDR must not overlap one", () => {
+    expect(err([...gossipBase, "--service-cidr", "10.96.0.0/12,10.244.128.0/20"])).toBe(
+      "--cluster-cidr 10.244.0.0/16 overlaps service CIDR 10.244.128.0/20 (--service-cidr): pod and service addresses must not overlap; choose pod addresses outside every service CIDR");
+    expect(err([...gossipBase, "--cluster-cidr", "10.96.0.0/16"], { VXMESH_SERVICE_CIDR: "10.96.0.0/12" })).toContain(
+      "--cluster-cidr 10.96.0.0/16 overlaps service CIDR 10.96.0.0/12 (VXMESH_SERVICE_CIDR)");
+    const ok = parseDaemonConfig([...gossipBase, "--service-cidr", "10.96.0.0/12"], {});
+    expect(ok.ok).toBe(true);
+  });
+
+  it("a static node's subnet must not overlap one", () => {
+    expect(err([...base, "--service-cidr", "10.244.1.128/25"])).toContain("--subnet 10.244.1.0/24 overlaps service CIDR 10.244.1.128/25 (--service-cidr)");
+  });
+
+  it("and neither may a static peer's subnet", () => {
+    const r = parseDaemonConfig([...base, "--service-cidr", "10.96.0.0/12"], {});
+    if (!r.ok) throw new Error(r.error);
+    const peer = { name: "n2", underlayIp: 0xc000020c as Ipv4, subnet: subnet("10.96.4.0/24"), vtepMac: vtepMacFor("n2"), path: "vxlan" as const };
+    expect(serviceCidrConflict(r.value, [peer])).toBe(
+      "peer n2's subnet 10.96.4.0/24 (in --peers /tmp/p.json) overlaps service CIDR 10.96.0.0/12 (--service-cidr): pod and service addresses must not overlap; choose pod addresses outside every service CIDR");
+    expect(serviceCidrConflict(r.value, [{ ...peer, subnet: subnet("10.244.2.0/24") }])).toBeUndefined();
+  });
+});
+
+function subnet(text: string): Subnet {
+  const r = parseSubnet(text);
+  if (!r.ok) throw new Error(r.error);
+  return r.value;
+}

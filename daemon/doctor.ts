@@ -1,0 +1,247 @@
+// `vxmesh doctor`: a preflight for this host and a daemon configuration (the same flags,
+// VXMESH_* variables and --config file as `vxmesh daemon`). One line per check, a reason and a
+// hint to fix; exit 0 when all pass, 1 when any fails. It reads and probes only: a port is
+// tested by binding it for a moment, /dev/net/tun by opening it without attaching a device.
+
+import * as dgram from "node:dgram";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import type { Peer } from "../encap/fdb";
+import { formatIpv4, formatSubnet, type Parsed } from "../encap/types";
+import { hostRouteOverlapMessage, hostRouteOverlaps, serviceOverlapMessage, serviceOverlaps } from "../control/cidr-overlap";
+import { readHostRoutes } from "../control/host-routes";
+import { loadKeyring } from "../control/keyring";
+import { findUnderlayInterface } from "../control/underlay";
+import {
+  CONFIG_HELP_NOTES, IPV4_OVERHEAD, MIN_MTU, configFileArg, daemonFlags, loadDaemonSettings, parseDaemonSettings, podCidrs, readPeersFile,
+  type DaemonConfig,
+} from "./config";
+import { ownDevices } from "./daemon";
+import { boolSwitch, formatHelp } from "./flags";
+
+export type CheckStatus = "pass" | "fail" | "skip";
+
+export interface CheckResult {
+  /** Stable identifier, e.g. "vxlan-port". */
+  id: string;
+  status: CheckStatus;
+  /** What was found. */
+  reason: string;
+  /** How to fix it (failures). */
+  hint?: string;
+}
+
+export const CAP_NET_ADMIN = 12;
+
+/** The effective capability set from /proc/<pid>/status text ("CapEff:\t0000003fffffffff"). */
+export function parseCapEff(statusText: string): Parsed<bigint> {
+  const m = /^CapEff:\s*([0-9a-fA-F]{1,16})\s*$/m.exec(statusText);
+  if (m === null) return { ok: false, error: "no CapEff line of up to 16 hex digits" };
+  return { ok: true, value: BigInt(`0x${m[1] as string}`) };
+}
+
+export function hasCapability(mask: bigint, cap: number): boolean {
+  return ((mask >> BigInt(cap)) & 1n) === 1n;
+}
+
+export type ReportStyle = "symbols" | "words";
+
+/** One line per check: "✓ tun: …" on a terminal, "ok   tun: …" otherwise. */
+export function formatReport(results: readonly CheckResult[], style: ReportStyle): string {
+  const mark: Record<CheckStatus, string> = style === "symbols"
+    ? { pass: "✓", fail: "✗", skip: "-" }
+    : { pass: "ok  ", fail: "FAIL", skip: "skip" };
+  const width = Math.max(...results.map((r) => r.id.length));
+  const lines = results.map((r) =>
+    `${mark[r.status]} ${r.id.padEnd(width)}  ${r.reason}${r.status === "fail" && r.hint !== undefined ? ` — fix: ${r.hint}` : ""}`);
+  const failed = results.filter((r) => r.status === "fail").length;
+  lines.push("", failed === 0 ? "all checks passed" : `${failed} check${failed === 1 ? "" : "s"} failed`);
+  return lines.join("\n") + "\n";
+}
+
+export function doctorExitCode(results: readonly CheckResult[]): 0 | 1 {
+  return results.some((r) => r.status === "fail") ? 1 : 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks (shell)
+
+const pass = (id: string, reason: string): CheckResult => ({ id, status: "pass", reason });
+const fail = (id: string, reason: string, hint: string): CheckResult => ({ id, status: "fail", reason, hint });
+const skip = (id: string, reason: string): CheckResult => ({ id, status: "skip", reason });
+
+function checkTun(): CheckResult {
+  const id = "tun";
+  try {
+    fs.closeSync(fs.openSync("/dev/net/tun", fs.constants.O_RDWR));
+    return pass(id, "/dev/net/tun opens read-write");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    if (code === "ENOENT") return fail(id, "/dev/net/tun is missing", "load the tun module (modprobe tun); in a container, pass the device in (--device /dev/net/tun)");
+    return fail(id, `/dev/net/tun cannot be opened read-write (${code})`, "run as root or with CAP_NET_ADMIN, and give the process access to /dev/net/tun");
+  }
+}
+
+function checkCapNetAdmin(): CheckResult {
+  const id = "cap-net-admin";
+  let text: string;
+  try {
+    text = fs.readFileSync("/proc/self/status", "utf8");
+  } catch (err) {
+    return fail(id, `cannot read /proc/self/status (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, "mount /proc");
+  }
+  const caps = parseCapEff(text);
+  if (!caps.ok) return fail(id, `/proc/self/status: ${caps.error}`, "mount /proc");
+  const hex = caps.value.toString(16).padStart(16, "0");
+  return hasCapability(caps.value, CAP_NET_ADMIN)
+    ? pass(id, `CAP_NET_ADMIN is in the effective set (CapEff ${hex})`)
+    : fail(id, `CAP_NET_ADMIN is not in the effective set (CapEff ${hex})`,
+      "run as root, or grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN; Kubernetes: securityContext.capabilities.add [NET_ADMIN])");
+}
+
+function bindProbe(kind: "udp" | "tcp", host: string, port: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    if (kind === "udp") {
+      const s = dgram.createSocket("udp4");
+      s.once("error", (err: NodeJS.ErrnoException) => { s.close(); resolve(err.code ?? err.message); });
+      s.bind(port, host, () => s.close(() => resolve(undefined)));
+    } else {
+      const s = net.createServer();
+      s.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
+      s.listen({ port, host, exclusive: true }, () => s.close(() => resolve(undefined)));
+    }
+  });
+}
+
+async function checkPort(id: string, kind: "udp" | "tcp", host: string, port: number, what: string, flag: string): Promise<CheckResult> {
+  const where = `${kind.toUpperCase()} ${host}:${port}`;
+  const error = await bindProbe(kind, host, port);
+  if (error === undefined) return pass(id, `${where} (${what}) is free`);
+  if (error === "EADDRINUSE") {
+    return fail(id, `${where} (${what}) is already in use`, `stop what holds it (ss -${kind === "udp" ? "u" : "t"}lnp 'sport = :${port}'), or choose another ${flag}`);
+  }
+  if (error === "EADDRNOTAVAIL") return fail(id, `${where} (${what}): ${host} is not an address of this host`, `assign ${host} to an interface, or correct ${flag === "--metrics-addr" ? flag : "--underlay-ip"}`);
+  if (error === "EACCES") return fail(id, `${where} (${what}): binding is not permitted (EACCES)`, `run as root, or choose a port ≥ 1024 for ${flag}`);
+  return fail(id, `${where} (${what}) cannot be bound (${error})`, `check ${flag}`);
+}
+
+async function checkUnderlayMtu(config: DaemonConfig): Promise<CheckResult> {
+  const id = "underlay-mtu";
+  const underlay = await findUnderlayInterface(config.underlayIp);
+  if (!underlay.ok) return fail(id, underlay.error, `assign ${formatIpv4(config.underlayIp)} to the underlay interface, or correct --underlay-ip`);
+  const { ifname, mtu: ulMtu } = underlay.value;
+  const room = ulMtu - IPV4_OVERHEAD;
+  const wanted = config.mtu ?? room;
+  const what = config.mtu === undefined ? `overlay MTU ${wanted} (underlay − ${IPV4_OVERHEAD})` : `--mtu ${wanted}`;
+  if (config.mtu !== undefined && config.mtu > room) {
+    return fail(id, `${ifname} has MTU ${ulMtu}, which leaves room for ${room} inside VXLAN, less than ${what}`, `lower --mtu to ${room} or less, or raise the MTU of ${ifname} to ${config.mtu + IPV4_OVERHEAD}`);
+  }
+  if (wanted < MIN_MTU) {
+    return fail(id, `${ifname} has MTU ${ulMtu}, which leaves ${wanted} for pods, below the minimum ${MIN_MTU}`, `raise the MTU of ${ifname} to at least ${MIN_MTU + IPV4_OVERHEAD}`);
+  }
+  return pass(id, `${ifname} (holding ${formatIpv4(config.underlayIp)}) has MTU ${ulMtu}: ${what} fits`);
+}
+
+function checkServiceCidrs(config: DaemonConfig, peers: readonly Peer[]): CheckResult {
+  const id = "service-cidr";
+  if (config.serviceCidrs.length === 0) return skip(id, "no --service-cidr configured");
+  const first = serviceOverlaps(podCidrs(config, peers), config.serviceCidrs)[0];
+  const services = config.serviceCidrs.map((s) => formatSubnet(s.subnet)).join(", ");
+  return first === undefined
+    ? pass(id, `pod addresses are clear of ${services}`)
+    : fail(id, serviceOverlapMessage(first), "choose a --cluster-cidr (or --subnet and peers) outside every --service-cidr, or correct --service-cidr");
+}
+
+async function checkHostRoutes(config: DaemonConfig, peers: readonly Peer[]): Promise<CheckResult> {
+  const id = "host-routes";
+  const pods = podCidrs(config, peers);
+  let routes;
+  try {
+    routes = await readHostRoutes();
+  } catch (err) {
+    return fail(id, `cannot list the routes (${(err as Error).message})`, "run where rtnetlink is available");
+  }
+  const first = hostRouteOverlaps(pods, routes, ownDevices(config))[0];
+  if (first !== undefined) {
+    return fail(id, hostRouteOverlapMessage(first), `ip route del ${formatSubnet(first.other.dst)}${first.other.dev === undefined ? "" : ` dev ${first.other.dev}`}, or choose other pod addresses`);
+  }
+  return pass(id, `no host route overlaps ${pods.map((p) => formatSubnet(p.subnet)).join(", ")}`);
+}
+
+function checkKeyFile(config: DaemonConfig): CheckResult {
+  const id = "key-file";
+  if (config.source.kind !== "gossip") return skip(id, "static peers: no --key-file");
+  const file = config.source.keyFile;
+  const loaded = loadKeyring(file);
+  if (!loaded.ok) {
+    const hint = /chmod/.test(loaded.error) ? `chmod 600 ${file}`
+      : /cannot be opened/.test(loaded.error) ? `create it: vxmesh keygen > ${file} && chmod 600 ${file}`
+        : "one base64 key per line, as printed by `vxmesh keygen`";
+    return fail(id, loaded.error, hint);
+  }
+  return pass(id, `${file}: mode 0600 or stricter, ${loaded.value.keyIds.length} key${loaded.value.keyIds.length === 1 ? "" : "s"}`);
+}
+
+/** Runs every check; never changes the host. */
+export async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<CheckResult[]> {
+  const results: CheckResult[] = [];
+  const settings = loadDaemonSettings(argv, env, parseDaemonSettings);
+  let config: DaemonConfig | undefined;
+  let peers: Peer[] = [];
+  if (!settings.ok) {
+    results.push(fail("config", settings.error, "see `vxmesh daemon --help`"));
+  } else {
+    config = settings.value;
+    const src = config.source;
+    const read = src.kind === "static" ? readPeersFile(src.peersFile, { ...config, subnet: src.subnet }) : { ok: true as const, value: [] };
+    if (!read.ok) {
+      results.push(fail("config", read.error, "fix the peers file"));
+      config = undefined;
+    } else {
+      peers = read.value;
+      const file = configFileArg(argv, env);
+      results.push(pass("config", `valid: ${src.kind === "gossip" ? "gossip" : `static peers (${peers.length})`}, node ${config.nodeName}, underlay ${formatIpv4(config.underlayIp)}${file === undefined ? "" : `, with ${file.file}`}`));
+    }
+  }
+  results.push(checkTun(), checkCapNetAdmin());
+  const needs = ["underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "key-file"];
+  if (config === undefined) {
+    for (const id of needs) results.push(skip(id, "needs a valid configuration"));
+    return results;
+  }
+  const c = config;
+  const ul = formatIpv4(c.underlayIp);
+  results.push(await checkUnderlayMtu(c));
+  results.push(await checkPort("vxlan-port", "udp", ul, c.vxlanPort, "VXLAN", "--vxlan-port"));
+  if (c.source.kind === "gossip") {
+    results.push(await checkPort("gossip-port-udp", "udp", ul, c.source.gossipPort, "gossip", "--gossip-port"));
+    results.push(await checkPort("gossip-port-tcp", "tcp", ul, c.source.gossipPort, "gossip", "--gossip-port"));
+  } else {
+    results.push(skip("gossip-port-udp", "static peers: no gossip"), skip("gossip-port-tcp", "static peers: no gossip"));
+  }
+  results.push(c.metricsAddr === undefined
+    ? skip("metrics-port", "--metrics-addr off")
+    : await checkPort("metrics-port", "tcp", c.metricsAddr.host, c.metricsAddr.port, "metrics", "--metrics-addr"));
+  results.push(checkServiceCidrs(c, peers));
+  results.push(await checkHostRoutes(c, peers));
+  results.push(checkKeyFile(c));
+  return results;
+}
+
+export async function runDoctor(argv: readonly string[]): Promise<number> {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    const flags = { json: { name: "json", help: "print the results as JSON", defaultText: "false", isSwitch: true, parse: boolSwitch }, ...daemonFlags };
+    const summary = "Checks this host and a daemon configuration (the same flags, variables and --config as `vxmesh daemon`) before a start: " +
+      "/dev/net/tun, CAP_NET_ADMIN, ports, MTU, CIDR overlaps, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
+    process.stdout.write(formatHelp("doctor", summary, flags, CONFIG_HELP_NOTES) + "\n");
+    return 0;
+  }
+  const fromEnv = boolSwitch(process.env["VXMESH_JSON"] ?? "");
+  const json = argv.includes("--json") || argv.includes("--json=true") || (!argv.includes("--json=false") && fromEnv.ok && fromEnv.value);
+  const rest = argv.filter((a) => a !== "--json" && a !== "--json=true" && a !== "--json=false");
+  const results = await runChecks(rest, process.env);
+  const code = doctorExitCode(results);
+  if (json) process.stdout.write(JSON.stringify({ ok: code === 0, checks: results }, null, 2) + "\n");
+  else process.stdout.write(formatReport(results, process.stdout.isTTY ? "symbols" : "words"));
+  return code;
+}
