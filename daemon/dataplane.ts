@@ -161,7 +161,7 @@ export class DataPlane {
   /** What the kernel does with `ip` now, and (for a remote owner) with its underlay address. */
   async kernelFacts(ip: Ipv4, ownerUnderlay: Ipv4 | undefined): Promise<KernelFacts> {
     const { routes, neighbours } = await this.kernelState();
-    const lookup = await this.plumbing.lookupRoute(ip, true).catch((err: unknown) => ({ error: (err as Error).message }));
+    const lookup = await this.plumbing.lookupRoute(ip, true).catch((err: unknown) => ({ error: lookupFailure(err) }));
     let underlayPath: KernelFacts["underlayPath"];
     if (ownerUnderlay !== undefined) {
       try {
@@ -169,7 +169,7 @@ export class DataPlane {
         const deviceMtu = l.oif === null ? undefined : (await this.plumbing.linkByIndex(l.oif)).mtu;
         underlayPath = { lookup: l, deviceMtu };
       } catch (err) {
-        underlayPath = { error: (err as Error).message };
+        underlayPath = { error: lookupFailure(err) };
       }
     }
     return { routes, neighbours, lookup, ...(underlayPath === undefined ? {} : { underlayPath }) };
@@ -230,6 +230,17 @@ export class DataPlane {
     this.queue = next.catch(() => undefined);
     return next;
   }
+}
+
+/** The kernel answers a route lookup that hits a route of a dropping type with that type's errno. */
+function lookupFailure(err: unknown): string {
+  const what: Record<string, string> = {
+    EINVAL: "a blackhole route drops it", EHOSTUNREACH: "an unreachable route rejects it", EACCES: "a prohibit route rejects it",
+    ENETUNREACH: "no route matches",
+  };
+  const code = (err as { code?: string }).code;
+  const hint = code === undefined ? undefined : what[code];
+  return hint === undefined ? (err as Error).message : `${hint} (${code})`;
 }
 
 function toRoute(p: Peer): { subnet: Subnet; vtepMac: MacAddr } {
