@@ -34,6 +34,8 @@ export class GossipAgent {
   private stopped = false;
   private lastRejectLog = -Infinity;
   private readonly origin = performance.now();
+  /** When something authentic last arrived from an address (ip·65536 + port), in this agent's clock. */
+  private readonly heard = new Map<number, number>();
 
   private constructor(
     private readonly o: GossipAgentOptions,
@@ -63,6 +65,20 @@ export class GossipAgent {
 
   get counters(): GossipTransport["counters"] {
     return (this.transport as GossipTransport).counters;
+  }
+
+  /**
+   * Milliseconds since gossip that opened with our keys last came from `address` (a datagram,
+   * or the answer to our push-pull); undefined when nothing has.
+   */
+  heardAgoMs(address: Address): number | undefined {
+    const at = this.heard.get(addressKey(address));
+    return at === undefined ? undefined : this.now() - at;
+  }
+
+  /** Milliseconds since a time of this agent's clock (a member's stateChangedAt). */
+  agoMs(at: number): number {
+    return this.now() - at;
   }
 
   get incarnation(): number {
@@ -129,6 +145,7 @@ export class GossipAgent {
   }
 
   private onDatagram(from: Address, plain: Uint8Array): void {
+    this.heard.set(addressKey(from), this.now());
     const decoded = wire.decodePacket(plain);
     if (!decoded.ok) {
       this.transport?.countMalformed();
@@ -188,6 +205,7 @@ export class GossipAgent {
             if (joining) this.explainFailedJoin(to, reply.why);
             return;
           }
+          this.heard.set(addressKey(to), this.now());
           const decoded = wire.decodePushPull(reply.value);
           if (!decoded.ok) {
             this.transport?.countMalformed();
@@ -202,6 +220,10 @@ export class GossipAgent {
     if (changes.length > 0) this.o.onMemberChange(changes);
     this.schedule();
   }
+}
+
+function addressKey(a: Address): number {
+  return a.ip * 65536 + a.port;
 }
 
 function formatAddress(a: Address): string {

@@ -79,7 +79,10 @@ export interface PeerRoute {
 export interface PlumbingSummary {
   routesAdded: number;
   routesRemoved: number;
+  /** Neighbours created or replaced. */
   neighboursSet: number;
+  /** Of neighboursSet, those that replaced an entry with another MAC (or none). */
+  neighboursReplaced: number;
   neighboursRemoved: number;
 }
 
@@ -107,6 +110,23 @@ export interface ActualNeighbour {
   ip: Ipv4;
   /** null when the entry has no link-layer address. */
   mac: MacAddr | null;
+}
+
+/** What the kernel does with a packet to one address (RTM_GETROUTE, like `ip route get`). */
+export interface RouteLookup {
+  /** With fibMatch, the matching FIB entry's prefix; else the address itself (/32). */
+  dst: Subnet;
+  gateway: Ipv4 | null;
+  /** Output device; null for routes without one (unreachable, multipath). */
+  oif: number | null;
+  ifname: string | null;
+  protocol: number;
+  /** rtm_type: 1 unicast, 2 local, 6 prohibit, 7 unreachable … */
+  type: number;
+  table: number;
+  onlink: boolean;
+  /** A path MTU the kernel learned for this destination (a cached exception); undefined when none. */
+  pathMtu: number | undefined;
 }
 
 export interface PeerPlan {
@@ -381,7 +401,70 @@ export class HostPlumbing {
     return this.serial(async () => this.permanentNeighbours(await this.ifindex(ifname)));
   }
 
+  /**
+   * The route the kernel uses for `ip` right now: with `fibMatch` the FIB entry that matches
+   * (its prefix and protocol, `ip route get fibmatch`), else the resolved route with any
+   * learned path MTU. Throws with code ENETUNREACH (etc.) when the kernel has no route.
+   */
+  lookupRoute(ip: Ipv4, fibMatch: boolean): Promise<RouteLookup> {
+    return this.serial(() => this.doLookupRoute(ip, fibMatch));
+  }
+
+  /** A device's name and MTU by index. */
+  linkByIndex(index: number): Promise<{ ifname: string; mtu: number | undefined }> {
+    return this.serial(async () => {
+      let msgs: rt.Message[];
+      try {
+        msgs = await this.request(rt.MessageType.GETLINK, (out) =>
+          rt.formatLinkMessage({ kind: "link", data: { index }, attrs: {} }, out),
+        );
+      } catch (e) {
+        throw wrap(`looking up link #${index}`, e);
+      }
+      const link = msgs.find((m): m is rt.LinkMessage => m.kind === "link");
+      if (link?.attrs.ifname === undefined) throw new Error(`looking up link #${index}: no answer from the kernel`);
+      return { ifname: link.attrs.ifname, mtu: link.attrs.mtu };
+    });
+  }
+
   // -- operations ------------------------------------------------------------------------------
+
+  private async doLookupRoute(ip: Ipv4, fibMatch: boolean): Promise<RouteLookup> {
+    let msgs: rt.Message[];
+    try {
+      msgs = await this.request(rt.MessageType.GETROUTE, (out) =>
+        rt.formatRouteMessage({
+          kind: "route",
+          data: { family: AF_INET, dstLen: 32, flags: fibMatch ? { fibMatch: true } : {} },
+          attrs: { dst: ipv4Buf(ip) },
+        }, out),
+      );
+    } catch (e) {
+      throw wrap(`looking up the route to ${formatIpv4(ip)}`, e);
+    }
+    const m = msgs.find((x): x is rt.RouteMessage => x.kind === "route");
+    if (m === undefined) throw new Error(`looking up the route to ${formatIpv4(ip)}: no answer from the kernel`);
+    const oif = m.attrs.oif ?? null;
+    let ifname: string | null = null;
+    if (oif !== null) {
+      const links = await this.request(rt.MessageType.GETLINK, (out) =>
+        rt.formatLinkMessage({ kind: "link", data: { index: oif }, attrs: {} }, out)).catch((): rt.Message[] => []);
+      ifname = links.find((l): l is rt.LinkMessage => l.kind === "link")?.attrs.ifname ?? null;
+    }
+    const mtu = m.attrs.metrics?.mtu;
+    return {
+      dst: { family: 4, network: (bufIpv4(m.attrs.dst) ?? 0) as Ipv4, prefixLen: m.data.dstLen ?? 0 },
+      gateway: bufIpv4(m.attrs.gateway),
+      oif,
+      ifname,
+      protocol: enumValue(RouteProtocolMap, m.data.protocol),
+      type: enumValue(RouteTypeMap, m.data.type),
+      table: routeTable(m),
+      onlink: (routeFlagBits(m.data.flags) & RTNH_F_ONLINK) !== 0,
+      // RTAX_MTU is a host-order u32; every platform we run on is little-endian.
+      pathMtu: mtu !== undefined && mtu.length === 4 ? mtu.readUInt32LE(0) : undefined,
+    };
+  }
 
   private async doConfigureTap(s: TapSettings): Promise<void> {
     const { ifname, mac, mtu, address } = s;
@@ -440,8 +523,9 @@ export class HostPlumbing {
 
   private async doSetPeers(ifname: string, peers: readonly PeerRoute[]): Promise<PlumbingSummary> {
     const index = await this.ifindex(ifname);
-    const plan = diffPeers(peers, await this.ourRoutes(index), await this.permanentNeighbours(index));
-    return this.apply(index, ifname, plan, false);
+    const neighbours = await this.permanentNeighbours(index);
+    const plan = diffPeers(peers, await this.ourRoutes(index), neighbours);
+    return this.apply(index, ifname, plan, false, new Set(neighbours.map((n) => n.ip)));
   }
 
   private async doRemoveAll(ifname: string): Promise<RemoveAllSummary> {
@@ -450,13 +534,13 @@ export class HostPlumbing {
       index = await this.ifindex(ifname);
     } catch (e) {
       if (codeOf(e) === "ENODEV") {
-        return { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursRemoved: 0, addressesRemoved: 0, deviceFound: false };
+        return { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0, addressesRemoved: 0, deviceFound: false };
       }
       throw e;
     }
     const plan = diffPeers([], await this.ourRoutes(index), await this.permanentNeighbours(index));
     const failures: Error[] = [];
-    let summary: PlumbingSummary = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursRemoved: 0 };
+    let summary: PlumbingSummary = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0 };
     try {
       summary = await this.apply(index, ifname, plan, true);
     } catch (e) {
@@ -480,8 +564,8 @@ export class HostPlumbing {
   }
 
   /** Applies a plan: neighbours first (a new route never resolves by ARP), stale routes before new ones. */
-  private async apply(index: number, ifname: string, plan: PeerPlan, tolerateGone: boolean): Promise<PlumbingSummary> {
-    const summary: PlumbingSummary = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursRemoved: 0 };
+  private async apply(index: number, ifname: string, plan: PeerPlan, tolerateGone: boolean, existingNeighbours: ReadonlySet<number> = new Set()): Promise<PlumbingSummary> {
+    const summary: PlumbingSummary = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0 };
     const failures: Error[] = [];
     const attempt = async (what: string, op: () => Promise<void>, count: () => void, gone = false): Promise<void> => {
       try {
@@ -510,7 +594,10 @@ export class HostPlumbing {
               ),
             FlagsNew.CREATE | FlagsNew.REPLACE,
           ).then(() => undefined),
-        () => summary.neighboursSet++,
+        () => {
+          summary.neighboursSet++;
+          if (existingNeighbours.has(n.ip)) summary.neighboursReplaced++;
+        },
       );
     }
 

@@ -13,6 +13,7 @@ const USAGE = `usage: vxmesh <command> [flags]
 commands:
   daemon    run the overlay daemon on this node
   status    show a running daemon's peers, members and counters
+  trace     show where a packet to a pod IP goes from this node, and what is in the way
   install-cni  put the CNI plugin vxmesh-cni and a conflist in place for a container runtime
   doctor    check this host and a daemon configuration before starting (changes nothing)
   keygen    print a new gossip key (base64 of 32 random bytes) for a --key-file
@@ -30,6 +31,10 @@ async function main(argv: string[]): Promise<number> {
     case "doctor": {
       const { runDoctor } = await import("./doctor");
       return runDoctor(rest);
+    }
+    case "trace": {
+      const { runTrace } = await import("./trace-command");
+      return runTrace(rest);
     }
     case "bench": {
       const { runBench } = await import("./bench-command");
@@ -69,7 +74,7 @@ async function runDaemon(argv: string[]): Promise<number> {
     return 2;
   }
   const config = parsed.value;
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, "vxmesh", config.logFormat);
   let daemon;
   try {
     daemon = await startDaemon(config, log);
@@ -116,7 +121,7 @@ async function runStatus(argv: string[]): Promise<number> {
     json: { name: "json", help: "print JSON", isSwitch: true, parse: boolSwitch },
   };
   if (argv.includes("--help")) {
-    process.stdout.write(formatHelp("status", "Shows a running daemon's peers and counters.", flags) + "\n");
+    process.stdout.write(formatHelp("status", "Shows a running daemon's members, peers, subnets, the routes and neighbours it owns in the kernel, and its counters.", flags) + "\n");
     return 0;
   }
   const parsed = parseFlags(flags, argv, process.env);
@@ -139,20 +144,37 @@ async function runStatus(argv: string[]): Promise<number> {
 }
 
 function formatStatus(s: import("./daemon").DaemonStatus): string {
-  const g = s.gossip as { members?: { name: string; state: string; subnet?: string; underlayIp?: string; lease?: string }[]; notReadyBecause?: string } | undefined;
+  const g = s.gossip as { members?: { name: string; state: string; subnet?: string; underlayIp?: string; vtepMac?: string; lease?: string; heardSecondsAgo?: number }[]; notReadyBecause?: string } | undefined;
+  const k = s.kernel;
+  const drift = k === undefined ? [] : [
+    ...k.drift.missingRoutes.map((r) => `  MISSING route ${r}`), ...k.drift.unexpectedRoutes.map((r) => `  UNEXPECTED route ${r}`),
+    ...k.drift.missingOrWrongNeighbours.map((n) => `  MISSING/WRONG neighbour ${n}`), ...k.drift.unexpectedNeighbours.map((n) => `  UNEXPECTED neighbour ${n}`)];
+  const changes = s.kernelChanges;
+  const batch = (h: { sum: number; count: number } | undefined): string => (h === undefined || h.count === 0 ? "-" : (h.sum / h.count).toFixed(1));
   const lines = [
     `node ${s.node}  ${s.mode}  ${s.ready ? "ready" : `NOT READY${g?.notReadyBecause === undefined ? "" : ` (${g.notReadyBecause})`}`}`,
     `underlay ${s.underlayIp}  subnet ${s.subnet ?? "none yet"}  vtep ${s.vtepMac}  vni ${s.vni}  port ${s.vxlanPort}  tap ${s.tap} mtu ${s.mtu}`,
     "",
     ...(g?.members === undefined ? [] : [
-      "members:",
-      ...g.members.map((m) => `  ${m.name.padEnd(16)} ${m.state.padEnd(8)} ${(m.underlayIp ?? "").padEnd(16)} ${(m.subnet ?? "").padEnd(18)} ${m.lease ?? ""}`),
+      "members:                  state    underlay         subnet             vtep mac           lease      heard",
+      ...g.members.map((m) => `  ${m.name.padEnd(23)} ${m.state.padEnd(8)} ${(m.underlayIp ?? "").padEnd(16)} ${(m.subnet ?? "").padEnd(18)} ${(m.vtepMac ?? "").padEnd(18)} ${(m.lease ?? "").padEnd(10)} ${m.name === s.node ? "self" : m.heardSecondsAgo === undefined ? "never" : `${m.heardSecondsAgo} s ago`}`),
       "",
     ]),
-    "peers:",
-    ...s.peers.map((p) => `  ${p.name.padEnd(16)} ${p.underlayIp.padEnd(16)} ${p.subnet.padEnd(18)} ${p.vtepMac}  ${p.path}`),
+    "peers:                    underlay         subnet             vtep mac           path   out frames/bytes   in frames/bytes",
+    ...s.peers.map((p) => `  ${p.name.padEnd(23)} ${p.underlayIp.padEnd(16)} ${p.subnet.padEnd(18)} ${p.vtepMac.padEnd(18)} ${p.path.padEnd(6)} ` +
+      (p.traffic === undefined ? "" : `${`${p.traffic.txFrames}/${p.traffic.txBytes}`.padEnd(18)} ${p.traffic.rxFrames}/${p.traffic.rxBytes}`)),
     "",
-    "counters:",
+    ...(k === undefined ? [`routes: not read (${s.kernelError ?? "no kernel state in this answer"})`] : [
+      `routes (kernel, proto 118, dev ${s.tap}):`, ...k.routes.map((r) => `  ${r}`),
+      `neighbours (kernel, permanent, dev ${s.tap}):`, ...k.neighbours.map((n) => `  ${n}`),
+      drift.length === 0 ? "kernel state: as wanted" : "kernel state differs from what vxmesh wants (repaired on the next reconcile):", ...drift,
+    ]),
+    ...(changes === undefined ? [] : [
+      `kernel changes: peers/subnet routes +${changes.change.route.added} -${changes.change.route.removed} neighbours +${changes.change.neighbour.added} ~${changes.change.neighbour.replaced} -${changes.change.neighbour.removed}; ` +
+      `repairs routes +${changes.repair.route.added} -${changes.repair.route.removed} neighbours +${changes.repair.neighbour.added} ~${changes.repair.neighbour.replaced} -${changes.repair.neighbour.removed}`,
+    ]),
+    "",
+    `counters (mean batch: tap ${batch(s.batchSizes?.tap)}, underlay ${batch(s.batchSizes?.underlay)}):`,
     ...Object.entries(s.counters).filter(([, v]) => v !== 0).map(([k, v]) => `  ${k.padEnd(26)} ${v}`),
   ];
   return lines.join("\n") + "\n";

@@ -11,6 +11,7 @@ import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
 import { serviceOverlapMessage, serviceOverlaps, type LabelledCidr } from "../control/cidr-overlap";
 import { readConfigFile } from "./config-file";
 import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec } from "./flags";
+import { parseLogFormat, type LogFormat } from "./log";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -49,6 +50,7 @@ export interface DaemonConfig {
   /** undefined: no metrics server. */
   metricsAddr: { host: string; port: number } | undefined;
   logLevel: string;
+  logFormat: LogFormat;
   batch: number;
   sourcePorts: number;
   offload: boolean;
@@ -100,6 +102,7 @@ export const daemonFlags = {
   metricsAddr: { name: "metrics-addr", help: "HOST:PORT for Prometheus /metrics, /healthz and /readyz, or \"off\"", defaultText: "127.0.0.1:9464", parse: parseListenAddr } satisfies FlagSpec<{ host: string; port: number } | "off">,
   stateDir: { name: "state-dir", help: "directory for state that survives restarts (pod address leases)", defaultText: "/var/lib/vxmesh", parse: anyText } satisfies FlagSpec<string>,
   logLevel: { name: "log-level", help: "fatal, error, warn, info, debug, trace or silent", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
+  logFormat: { name: "log-format", help: "json (one object per line), pretty (readable lines) or auto (pretty on a terminal, else json)", defaultText: "auto", parse: parseLogFormat } satisfies FlagSpec<LogFormat>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
   offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
   sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
@@ -162,6 +165,7 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
       stateDir: v.stateDir ?? "/var/lib/vxmesh",
       metricsAddr: v.metricsAddr === "off" ? undefined : (v.metricsAddr ?? { host: "127.0.0.1", port: 9464 }),
       logLevel: v.logLevel ?? "info",
+      logFormat: v.logFormat ?? "auto",
       batch: v.batch ?? 64,
       sourcePorts: v.sourcePorts ?? 8,
       offload: v.offload ?? true,

@@ -80,13 +80,18 @@ function isAlive(file: string): Promise<boolean> {
 
 /** Sends one request to a daemon's control socket and returns its result. */
 export function queryControl(runDir: string, op: string, timeoutMs = 3000): Promise<unknown> {
+  return requestControl(runDir, { op }, timeoutMs);
+}
+
+/** Like queryControl, for a request with fields besides `op`. */
+export function requestControl(runDir: string, request: { op: string; [field: string]: unknown }, timeoutMs = 3000): Promise<unknown> {
   const file = controlSocketPath(runDir);
   return new Promise((resolve, reject) => {
     const c = net.connect(file);
     let buf = "";
     const timer = setTimeout(() => { c.destroy(); reject(new Error(`no answer from ${file} within ${timeoutMs} ms`)); }, timeoutMs);
     c.setEncoding("utf8");
-    c.once("connect", () => c.write(JSON.stringify({ op }) + "\n"));
+    c.once("connect", () => c.write(JSON.stringify(request) + "\n"));
     c.on("data", (chunk: string) => {
       buf += chunk;
       const nl = buf.indexOf("\n");

@@ -4,19 +4,22 @@
 
 import type { Server } from "node:net";
 import type { Peer } from "../encap/fdb";
-import { formatIpv4, formatMac, formatSubnet, type Subnet } from "../encap/types";
+import type { BatchHistogram, PeerTraffic } from "../encap/counters";
+import { formatIpv4, formatMac, formatSubnet, parseIpv4, type Subnet } from "../encap/types";
+import { describeRoute } from "../control/host-plumbing";
 import { loadKeyring, type Keyring } from "../control/keyring";
 import { findUnderlayInterface } from "../control/underlay";
 import { hostRouteOverlapMessage, hostRouteOverlaps } from "../control/cidr-overlap";
 import { readHostRoutes } from "../control/host-routes";
 import { IPV4_OVERHEAD, MIN_MTU, podCidrs, readPeersFile, serviceCidrConflict, type DaemonConfig } from "./config";
 import { closeControl, controlInUse, controlSocketPath, listenControl } from "./control-socket";
-import { DataPlane } from "./dataplane";
+import { DataPlane, type ChangeTrigger, type KernelChanges } from "./dataplane";
 import { GossipController } from "./gossip-controller";
 import { removeHandoff, writeHandoff } from "./handoff";
 import { serveMetrics } from "./metrics";
 import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
+import { findOwner, traceIp, type TraceRecord, type TraceState } from "./trace";
 import { createCniHandler, isCniRequest } from "../cni/handler";
 
 export { StartupError } from "./startup-error";
@@ -45,9 +48,26 @@ export interface DaemonStatus {
   vxlanPort: number;
   tap: string;
   mtu: number;
-  peers: { name: string; underlayIp: string; subnet: string; vtepMac: string; path: string }[];
+  peers: { name: string; underlayIp: string; subnet: string; vtepMac: string; path: string; traffic?: PeerTraffic }[];
   counters: Record<string, number>;
+  /** Entries per forwarder read, by source. */
+  batchSizes?: { tap: BatchHistogram; underlay: BatchHistogram };
+  /** Routes and neighbours the daemon added, replaced or removed, by trigger. */
+  kernelChanges?: Record<ChangeTrigger, KernelChanges>;
+  /** Our routes and neighbours as the kernel holds them (the control socket's status only). */
+  kernel?: KernelStatus;
+  /** Why `kernel` is missing, when reading it failed. */
+  kernelError?: string;
   gossip?: object;
+}
+
+export interface KernelStatus {
+  /** Routes of protocol 118 out of the TAP. */
+  routes: string[];
+  /** Permanent neighbours on the TAP. */
+  neighbours: string[];
+  /** What the next reconcile would change; empty lists when the kernel is as wanted. */
+  drift: { missingRoutes: string[]; unexpectedRoutes: string[]; missingOrWrongNeighbours: string[]; unexpectedNeighbours: string[] };
 }
 
 export async function startDaemon(config: DaemonConfig, log: Logger): Promise<RunningDaemon> {
@@ -135,10 +155,49 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
       vxlanPort: config.vxlanPort,
       tap: dp.tapName,
       mtu,
-      peers: dp.currentPeers.map(describePeer),
+      peers: dp.currentPeers.map((p) => ({ ...describePeer(p), traffic: dp.peerTraffic(p.name) })),
       counters: dp.counters(),
+      batchSizes: dp.batchSizes(),
+      kernelChanges: dp.kernelChanges(),
       ...(gossip === undefined ? {} : { gossip: gossip.status() }),
     });
+
+    const kernelStatus = async (): Promise<KernelStatus> => {
+      const k = await dp.kernelState();
+      const tap = dp.tapName;
+      return {
+        routes: k.routes.map((r) => `${describeRoute(r.dst, r.gateway, tap)}${r.onlink ? " onlink" : ""}${r.priority !== 0 ? ` metric ${r.priority}` : ""}`),
+        neighbours: k.neighbours.map((n) => `${formatIpv4(n.ip)} lladdr ${n.mac === null ? "none" : formatMac(n.mac)}`),
+        drift: {
+          missingRoutes: k.drift.addRoutes.map((d) => `${describeRoute(d, d.network, tap)} onlink`),
+          unexpectedRoutes: k.drift.removeRoutes.map((r) => describeRoute(r.dst, r.gateway, tap)),
+          missingOrWrongNeighbours: k.drift.setNeighbours.map((n) => `${formatIpv4(n.ip)} lladdr ${formatMac(n.mac)}`),
+          unexpectedNeighbours: k.drift.removeNeighbours.map((n) => formatIpv4(n.ip)),
+        },
+      };
+    };
+
+    const traceState = (): TraceState => ({
+      node: {
+        name: config.nodeName, mode: src.kind, subnet: dp.currentSubnet, clusterCidr: src.kind === "gossip" ? src.clusterCidr : undefined,
+        underlayIp: config.underlayIp, vtepMac: config.vtepMac, vni: config.vni, vxlanPort: config.vxlanPort, tap: dp.tapName, tapMtu: mtu,
+      },
+      peers: dp.currentPeers,
+      peerTraffic: new Map(dp.currentPeers.flatMap((p) => {
+        const t = dp.peerTraffic(p.name);
+        return t === undefined ? [] : [[p.name, t] as const];
+      })),
+      members: gossip?.traceMembers(),
+      skipped: gossip?.skippedMembers ?? [],
+      counters: dp.counters(),
+    });
+    const trace = async (ipText: unknown): Promise<TraceRecord> => {
+      const ip = typeof ipText === "string" ? parseIpv4(ipText) : undefined;
+      if (ip === undefined || !ip.ok) throw new Error(`trace: ip ${JSON.stringify(ipText)} is not an IPv4 address`);
+      const state = traceState();
+      const owner = findOwner(state, ip.value);
+      return traceIp(state, ip.value, await dp.kernelFacts(ip.value, owner.kind === "peer" ? owner.peer.underlayIp : undefined));
+    };
 
     // CNI calls arrive on the control socket; ADD answers "try again later" (11) until the
     // subnet is confirmed. DELs queued on disk while the daemon was down are finished now.
@@ -155,9 +214,12 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
 
     if (src.kind === "static") handoff(src.subnet);
     const server: Server = await listenControl(config.runDir, (req) => {
-      if (req.op === "status") return status();
+      if (req.op === "status") {
+        return kernelStatus().then((kernel) => ({ ...status(), kernel }), (err: unknown) => ({ ...status(), kernelError: (err as Error).message }));
+      }
+      if (req.op === "trace") return trace((req as { ip?: unknown }).ip);
       if (isCniRequest(req)) return cni.handle(req);
-      throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status, cni`);
+      throw new Error(`unknown op ${JSON.stringify(req.op)}; valid: status, trace, cni`);
     });
     cleanups.push(() => closeControl(server, config.runDir));
     if (config.metricsAddr !== undefined) {

@@ -8,10 +8,12 @@ import type { Peer } from "../encap/fdb";
 import { loadNative, type NativeShim } from "../encap/native";
 import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
 import { formatIpv4, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
-import { HostPlumbing, type PlumbingSummary } from "../control/host-plumbing";
+import { HostPlumbing, diffPeers, type ActualNeighbour, type ActualRoute, type PeerPlan, type PlumbingError, type PlumbingSummary } from "../control/host-plumbing";
 import { KernelWatch } from "../control/kernel-watch";
 import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
+import type { KernelFacts } from "./trace";
+import type { BatchHistogram, PeerTraffic } from "../encap/counters";
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 /** How often the kernel state is re-checked against what the daemon wants. */
@@ -31,8 +33,21 @@ export interface DataPlaneOptions {
   offload: boolean;
 }
 
+/** Kernel changes made, cumulative: what a change of peers or subnet asked for, and repairs of drift. */
+export interface KernelChanges {
+  route: { added: number; removed: number };
+  neighbour: { added: number; replaced: number; removed: number };
+}
+
+export type ChangeTrigger = "change" | "repair";
+
+function noChanges(): KernelChanges {
+  return { route: { added: 0, removed: 0 }, neighbour: { added: 0, replaced: 0, removed: 0 } };
+}
+
 export class DataPlane {
   private subnet: Subnet | undefined;
+  private readonly changes: Record<ChangeTrigger, KernelChanges> = { change: noChanges(), repair: noChanges() };
   private peers: readonly Peer[] = [];
   /** Changes run one after another; each starts from the last one's result. */
   private queue: Promise<unknown> = Promise.resolve();
@@ -113,7 +128,7 @@ export class DataPlane {
       this.subnet = subnet;
       await this.plumbing.configureTap({ ifname: this.tapName, mac: vtepMac, mtu: this.mtu, address: subnet?.network });
       // Changing the address can take routes through the TAP with it: put them back.
-      await this.plumbing.setPeers(this.tapName, this.peers.map(toRoute));
+      await this.tracked("change", () => this.plumbing.setPeers(this.tapName, this.peers.map(toRoute)));
     });
   }
 
@@ -122,13 +137,71 @@ export class DataPlane {
     return this.serial(async () => {
       this.peers = peers;
       await this.forwarder.setPeers(peers);
-      return this.plumbing.setPeers(this.tapName, peers.map(toRoute));
+      return this.tracked("change", () => this.plumbing.setPeers(this.tapName, peers.map(toRoute)));
     });
   }
 
   /** Re-applies the current peers, repairing anything removed behind our back. */
   reconcile(): Promise<PlumbingSummary> {
-    return this.serial(() => this.plumbing.setPeers(this.tapName, this.peers.map(toRoute)));
+    return this.serial(() => this.tracked("repair", () => this.plumbing.setPeers(this.tapName, this.peers.map(toRoute))));
+  }
+
+  /** Kernel changes made so far, by what triggered them. */
+  kernelChanges(): Record<ChangeTrigger, KernelChanges> {
+    return structuredClone(this.changes);
+  }
+
+  /** Our routes and neighbours as the kernel holds them now, and how they differ from what we want. */
+  async kernelState(): Promise<{ routes: ActualRoute[]; neighbours: ActualNeighbour[]; drift: PeerPlan }> {
+    const routes = await this.plumbing.listRoutes(this.tapName);
+    const neighbours = await this.plumbing.listNeighbours(this.tapName);
+    return { routes, neighbours, drift: diffPeers(this.peers.map(toRoute), routes, neighbours) };
+  }
+
+  /** What the kernel does with `ip` now, and (for a remote owner) with its underlay address. */
+  async kernelFacts(ip: Ipv4, ownerUnderlay: Ipv4 | undefined): Promise<KernelFacts> {
+    const { routes, neighbours } = await this.kernelState();
+    const lookup = await this.plumbing.lookupRoute(ip, true).catch((err: unknown) => ({ error: lookupFailure(err) }));
+    let underlayPath: KernelFacts["underlayPath"];
+    if (ownerUnderlay !== undefined) {
+      try {
+        const l = await this.plumbing.lookupRoute(ownerUnderlay, false);
+        const deviceMtu = l.oif === null ? undefined : (await this.plumbing.linkByIndex(l.oif)).mtu;
+        underlayPath = { lookup: l, deviceMtu };
+      } catch (err) {
+        underlayPath = { error: lookupFailure(err) };
+      }
+    }
+    return { routes, neighbours, lookup, ...(underlayPath === undefined ? {} : { underlayPath }) };
+  }
+
+  peerTraffic(name: string): PeerTraffic | undefined {
+    return this.forwarder.peerTraffic(name);
+  }
+
+  batchSizes(): { tap: BatchHistogram; underlay: BatchHistogram } {
+    return this.forwarder.batchSizes();
+  }
+
+  /** Runs a plumbing pass and counts what it changed, also when part of it failed. */
+  private async tracked(trigger: ChangeTrigger, pass: () => Promise<PlumbingSummary>): Promise<PlumbingSummary> {
+    try {
+      return this.count(trigger, await pass());
+    } catch (err) {
+      const partial = (err as PlumbingError).summary;
+      if (partial !== undefined) this.count(trigger, partial);
+      throw err;
+    }
+  }
+
+  private count(trigger: ChangeTrigger, s: PlumbingSummary): PlumbingSummary {
+    const c = this.changes[trigger];
+    c.route.added += s.routesAdded;
+    c.route.removed += s.routesRemoved;
+    c.neighbour.added += s.neighboursSet - s.neighboursReplaced;
+    c.neighbour.replaced += s.neighboursReplaced;
+    c.neighbour.removed += s.neighboursRemoved;
+    return s;
   }
 
   get currentPeers(): readonly Peer[] {
@@ -157,6 +230,17 @@ export class DataPlane {
     this.queue = next.catch(() => undefined);
     return next;
   }
+}
+
+/** The kernel answers a route lookup that hits a route of a dropping type with that type's errno. */
+function lookupFailure(err: unknown): string {
+  const what: Record<string, string> = {
+    EINVAL: "a blackhole route drops it", EHOSTUNREACH: "an unreachable route rejects it", EACCES: "a prohibit route rejects it",
+    ENETUNREACH: "no route matches",
+  };
+  const code = (err as { code?: string }).code;
+  const hint = code === undefined ? undefined : what[code];
+  return hint === undefined ? (err as Error).message : `${hint} (${code})`;
 }
 
 function toRoute(p: Peer): { subnet: Subnet; vtepMac: MacAddr } {

@@ -2,7 +2,7 @@
 // node subnet, and the live members with confirmed leases become the data plane's peers.
 
 import type { Peer } from "../encap/fdb";
-import { formatIpv4, formatSubnet, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
+import { formatIpv4, formatMac, formatSubnet, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
 import { claimsFrom, decodeMembers, peersFrom, samePeers, updateQuarantine, type ClusterMember } from "../control/cluster-view";
 import { GossipAgent } from "../control/gossip-agent";
 import type { Keyring } from "../control/keyring";
@@ -13,6 +13,7 @@ import type { DataPlane } from "./dataplane";
 import { readLease, writeLease } from "./lease-file";
 import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
+import type { TraceMember } from "./trace";
 
 export interface GossipControllerOptions {
   nodeName: string;
@@ -87,23 +88,51 @@ export class GossipController {
     return this.readyError === undefined;
   }
 
+  /** Members left out of the peers, and why. */
+  get skippedMembers(): readonly { name: string; why: string }[] {
+    return this.skipped;
+  }
+
   get currentLease(): Lease | null {
     return this.lease;
   }
 
+  /** Every member as this node sees it, with how long ago it was last heard from. */
+  traceMembers(): TraceMember[] {
+    const agent = this.agent;
+    if (agent === undefined) return [];
+    const views = agent.members();
+    return decodeMembers(views).map((m, i) => {
+      const view = views[i];
+      const heard = view === undefined ? undefined : agent.heardAgoMs(view.address);
+      return {
+        name: m.name, state: m.state,
+        underlayIp: m.record?.underlay.ip, vtepMac: m.record?.vtepMac, subnet: m.record?.podSubnets[0], lease: m.record?.lease?.state,
+        heardAgoMs: m.name === this.o.nodeName ? 0 : heard, stateForMs: agent.agoMs(m.stateChangedAt),
+      };
+    });
+  }
+
   status(): object {
+    const heard = new Map(this.traceMembers().map((t) => [t.name, t]));
     return {
       ready: this.ready,
       notReadyBecause: this.readyError,
       lease: this.lease === null ? null : { subnet: formatSubnet(this.lease.subnet), state: this.lease.state, stamp: this.lease.stamp },
       incarnation: this.agent?.incarnation,
       health: this.agent?.healthScore,
-      members: this.members.map((m) => ({
-        name: m.name, state: m.state, incarnation: m.incarnation,
-        underlayIp: m.record === undefined ? undefined : formatIpv4(m.record.underlay.ip),
-        subnet: m.record?.podSubnets[0] === undefined ? undefined : formatSubnet(m.record.podSubnets[0]),
-        lease: m.record?.lease?.state,
-      })),
+      members: this.members.map((m) => {
+        const t = heard.get(m.name);
+        return {
+          name: m.name, state: m.state, incarnation: m.incarnation,
+          underlayIp: m.record === undefined ? undefined : formatIpv4(m.record.underlay.ip),
+          subnet: m.record?.podSubnets[0] === undefined ? undefined : formatSubnet(m.record.podSubnets[0]),
+          vtepMac: m.record === undefined ? undefined : formatMac(m.record.vtepMac),
+          lease: m.record?.lease?.state,
+          stateForSeconds: t === undefined ? undefined : Math.round(t.stateForMs / 100) / 10,
+          heardSecondsAgo: t?.heardAgoMs === undefined ? undefined : Math.round(t.heardAgoMs / 100) / 10,
+        };
+      }),
       skipped: this.skipped,
       gossip: this.agent?.counters,
       subnetConflictsLost: this.conflictsLost,

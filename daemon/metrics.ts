@@ -2,6 +2,7 @@
 // format 0.0.4, built from the daemon's status on each scrape: nothing is kept twice.
 
 import * as http from "node:http";
+import type { BatchHistogram } from "../encap/counters";
 import type { DaemonStatus } from "./daemon";
 
 export interface MetricsAddress {
@@ -15,6 +16,14 @@ export function renderMetrics(s: DaemonStatus): string {
   const family = (name: string, type: "counter" | "gauge", help: string, samples: [string, number][]): void => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const [labels, value] of samples) out.push(`${name}${labels} ${value}`);
+  };
+  /** A histogram family: per label set, cumulative le buckets, then _sum and _count. */
+  const histogram = (name: string, help: string, series: [Record<string, string>, BatchHistogram][]): void => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
+    for (const [labels, h] of series) {
+      for (const b of h.buckets) out.push(`${name}_bucket${labelText({ ...labels, le: b.le })} ${b.count}`);
+      out.push(`${name}_sum${labelText(labels)} ${h.sum}`, `${name}_count${labelText(labels)} ${h.count}`);
+    }
   };
   const c = s.counters;
   const n = (k: string): number => c[k] ?? 0;
@@ -30,6 +39,23 @@ export function renderMetrics(s: DaemonStatus): string {
     Object.entries(c).filter(([k]) => k.startsWith("drop_")).map(([k, v]) => [`{reason="${k.slice(5)}"}`, v]));
   family("vxmesh_forwarder_batches_total", "counter", "Forwarder wake-ups that moved traffic, by source (frames ÷ batches = batch size).", [
     ['{source="tap"}', n("tap_read_batches")], ['{source="underlay"}', n("udp_recv_batches")]]);
+  if (s.batchSizes !== undefined) {
+    histogram("vxmesh_forwarder_batch_size", "Entries per forwarder read: frames (or super-frames) from the TAP, datagrams (or GRO runs) from the underlay.", [
+      [{ source: "tap" }, s.batchSizes.tap], [{ source: "underlay" }, s.batchSizes.underlay]]);
+  }
+  if (s.kernelChanges !== undefined) {
+    const samples: [string, number][] = [];
+    for (const [trigger, ch] of Object.entries(s.kernelChanges)) {
+      for (const [action, v] of Object.entries(ch.route)) samples.push([labelText({ kind: "route", action, trigger }), v]);
+      for (const [action, v] of Object.entries(ch.neighbour)) samples.push([labelText({ kind: "neighbour", action, trigger }), v]);
+    }
+    family("vxmesh_reconcile_changes_total", "counter", "Routes and neighbours vxmesh added, replaced or removed in the kernel; trigger=change for peer or subnet changes, trigger=repair for drift a reconcile found.", samples);
+  }
+  const traffic = s.peers.flatMap((p) => (p.traffic === undefined ? [] : [[p.name, p.traffic] as const]));
+  family("vxmesh_peer_frames_total", "counter", "Inner frames encapsulated for (out) and accepted from (in) each peer.", traffic.flatMap(([peer, t]) => [
+    [labelText({ peer, direction: "out" }), t.txFrames], [labelText({ peer, direction: "in" }), t.rxFrames]] as [string, number][]));
+  family("vxmesh_peer_bytes_total", "counter", "Inner bytes encapsulated for (out) and accepted from (in) each peer.", traffic.flatMap(([peer, t]) => [
+    [labelText({ peer, direction: "out" }), t.txBytes], [labelText({ peer, direction: "in" }), t.rxBytes]] as [string, number][]));
   family("vxmesh_offload_super_frames_total", "counter", "Fast path: TCP super-frames cut into segments (in) and merged (out).", [
     ['{direction="in"}', n("tap_rx_super_frames")], ['{direction="out"}', n("tap_tx_super_frames")]]);
   family("vxmesh_peers", "gauge", "Peers the data plane forwards to.", [["", s.peers.length]]);
@@ -51,6 +77,12 @@ export function renderMetrics(s: DaemonStatus): string {
     family("vxmesh_subnet_conflicts_lost_total", "counter", "Confirmed subnets lost to another node's claim (partition heals).", [["", g.subnetConflictsLost]]);
   }
   return out.join("\n") + "\n";
+}
+
+/** {a="x",b="y"} with label values escaped as the text format wants. */
+function labelText(labels: Record<string, string>): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n")}"`);
+  return parts.length === 0 ? "" : `{${parts.join(",")}}`;
 }
 
 interface GossipStatus {

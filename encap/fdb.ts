@@ -2,6 +2,7 @@
 // subnet a remote VTEP may speak for. Immutable; the control plane builds a new one when
 // membership changes and the forwarder swaps it in whole.
 
+import { peerCounterBase } from "./counters";
 import { prefixMask, type Ipv4, type MacAddr, type Subnet } from "./types";
 
 /**
@@ -24,6 +25,8 @@ export interface FdbEntry {
   readonly underlayIp: number;
   readonly network: number;
   readonly mask: number;
+  /** Index of the peer's traffic counters in the counter buffer (see counters.ts). */
+  readonly traffic: number;
 }
 
 export class ForwardingTable {
@@ -37,17 +40,20 @@ export class ForwardingTable {
 
   /**
    * Builds a table; returns an error when two peers share a VTEP MAC or an underlay address,
-   * since either would make forwarding ambiguous.
+   * since either would make forwarding ambiguous. `slots[i]` is peer i's traffic counter slot
+   * (absent: slot 0, the unreported sink).
    */
-  static build(peers: readonly Peer[]): { ok: true; table: ForwardingTable } | { ok: false; error: string } {
+  static build(peers: readonly Peer[], slots: readonly number[] = []): { ok: true; table: ForwardingTable } | { ok: false; error: string } {
     const byMac = new Map<number, FdbEntry>();
     const byUnderlay = new Map<number, FdbEntry>();
-    for (const peer of peers) {
+    for (let i = 0; i < peers.length; i++) {
+      const peer = peers[i] as Peer;
       const entry: FdbEntry = {
         peer,
         underlayIp: peer.underlayIp,
         network: peer.subnet.network,
         mask: prefixMask(peer.subnet.prefixLen),
+        traffic: peerCounterBase(slots[i] ?? 0),
       };
       const sameMac = byMac.get(peer.vtepMac);
       if (sameMac !== undefined) return { ok: false, error: `peers ${sameMac.peer.name} and ${peer.name} have the same VTEP MAC` };

@@ -7,7 +7,7 @@
 // Underlay → TAP: datagram i is received at udpSlab[i*udpStride]; after the checks, the inner
 // frame is written to the TAP straight from udpSlab[i*udpStride + 8].
 
-import { Counter } from "./counters";
+import { BatchSource, Counter, PeerCounter, countBatch } from "./counters";
 import type { FdbEntry, ForwardingTable } from "./fdb";
 import { ETH_HEADER_LEN, ETHERTYPE_IPV4, MIN_IPV4_FRAME, dstMac, etherType, flowHash, ipv4Src, isGroupDestination } from "./frame";
 import type { Vni } from "./types";
@@ -117,11 +117,14 @@ export class ForwarderCore {
     for (let q = 0; q < nQueues; q++) (queues[q] as SendQueue).count = 0;
     let out = 0;
     c[Counter.TapReadBatches]! += 1;
+    countBatch(c, BatchSource.Tap, count);
     for (let i = 0; i < count; i++) {
       const len = this.tapLens[i] as number;
       const slot = i * this.tapStride;
       const entry = routeFrame(c, table, slab, slot + VXLAN_HEADER_LEN, len, this.maxFrame);
       if (entry === undefined) continue;
+      c[entry.traffic + PeerCounter.TxFrames]! += 1;
+      c[entry.traffic + PeerCounter.TxBytes]! += len;
       writeVxlanHeader(slab, slot, this.vni);
       const queue = queues[nQueues === 1 ? 0 : flowHash(slab, slot + VXLAN_HEADER_LEN, len) % nQueues] as SendQueue;
       const n = queue.count++;
@@ -147,6 +150,7 @@ export class ForwarderCore {
     let out = 0;
     c[Counter.UdpRecvBatches]! += 1;
     c[Counter.UdpRxReads]! += count;
+    countBatch(c, BatchSource.Underlay, count);
     for (let i = 0; i < count; i++) {
       const len = this.udpLens[i] as number;
       const off = i * this.udpStride;
@@ -233,5 +237,7 @@ export function acceptDatagram(c: Float64Array, table: ForwardingTable, vni: Vni
     c[Counter.DropSpoofedSource]! += 1;
     return false;
   }
+  c[entry.traffic + PeerCounter.RxFrames]! += 1;
+  c[entry.traffic + PeerCounter.RxBytes]! += len - VXLAN_HEADER_LEN;
   return true;
 }

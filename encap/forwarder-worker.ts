@@ -28,7 +28,7 @@ function main(): void {
   const data = workerData as ForwarderWorkerData;
   const native = loadNative();
   const counters = new Float64Array(data.counters);
-  const initial = ForwardingTable.build(data.peers);
+  const initial = ForwardingTable.build(data.peers, data.slots);
   if (!initial.ok) throw new Error(initial.error);
   if (data.sendFds.length !== Math.max(1, data.core.sourcePorts)) throw new Error("one send socket per source port is needed");
 
@@ -59,7 +59,7 @@ function handleMessages(port: MessagePort, pump: Pump): boolean {
     const msg = m.message as ToWorker;
     if (msg.type === "stop") return false;
     if (msg.type === "peers") {
-      const built = ForwardingTable.build(msg.peers);
+      const built = ForwardingTable.build(msg.peers, msg.slots);
       // The daemon validated the peers before sending; a failure here is a bug, and the
       // old table stays in force rather than forwarding on an ambiguous one.
       if (built.ok) pump.table = built.table;

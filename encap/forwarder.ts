@@ -3,8 +3,12 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Worker } from "node:worker_threads";
-import { newCounterBuffer, snapshotCounters } from "./counters";
+import {
+  BatchSource, newCounterBuffer, resetPeerTraffic, snapshotBatchHistogram, snapshotCounters, snapshotPeerTraffic,
+  type BatchHistogram, type PeerTraffic,
+} from "./counters";
 import { ForwardingTable, type Peer } from "./fdb";
+import { PeerSlots } from "./peer-slots";
 import type { ForwarderCoreOptions } from "./forwarder-core";
 import { loadNative } from "./native";
 
@@ -20,6 +24,8 @@ export interface ForwarderWorkerData {
   /** Present when the TAP speaks virtio-net headers with TSO and the socket has UDP_GRO. */
   offload: OffloadSettings | undefined;
   peers: readonly Peer[];
+  /** Traffic counter slot of each of `peers`. */
+  slots: readonly number[];
 }
 
 export interface OffloadSettings {
@@ -31,7 +37,7 @@ export interface OffloadSettings {
 
 export type ToWorker =
   | { type: "stop" }
-  | { type: "peers"; generation: number; peers: readonly Peer[] };
+  | { type: "peers"; generation: number; peers: readonly Peer[]; slots: readonly number[] };
 
 type FromWorker =
   | { type: "ready" }
@@ -52,14 +58,23 @@ export class Forwarder {
   private readonly pending = new Map<number, (error?: string) => void>();
   private exited = false;
   private stopping = false;
+  /** Names in the table the thread uses, and in tables sent but not yet acknowledged. */
+  private appliedNames: ReadonlySet<string>;
+  private readonly sentNames = new Map<number, ReadonlySet<string>>();
 
   private constructor(
     private readonly worker: Worker,
     private readonly wakeFd: number,
     private readonly counterView: Float64Array,
+    private readonly slots: PeerSlots,
+    initial: readonly Peer[],
   ) {
+    this.appliedNames = new Set(initial.map((p) => p.name));
     worker.on("message", (msg: FromWorker) => {
       if (msg.type === "peers-applied") {
+        const names = this.sentNames.get(msg.generation);
+        if (msg.error === undefined && names !== undefined) this.appliedNames = names;
+        this.sentNames.delete(msg.generation);
         this.pending.get(msg.generation)?.(msg.error);
         this.pending.delete(msg.generation);
       }
@@ -73,12 +88,13 @@ export class Forwarder {
     const native = loadNative();
     const wakeFd = native.eventfdOpen();
     const counters = newCounterBuffer();
+    const slots = new PeerSlots();
     const data: ForwarderWorkerData = {
       tapFd: options.tapFd, udpFd: options.udpFd, sendFds: options.sendFds, wakeFd, counters, core: options.core,
-      offload: options.offload, peers: options.peers,
+      offload: options.offload, peers: options.peers, slots: slots.assign(options.peers.map((p) => p.name), new Set()).slots,
     };
     const worker = new Worker(workerScript(), { workerData: data });
-    const forwarder = new Forwarder(worker, wakeFd, new Float64Array(counters));
+    const forwarder = new Forwarder(worker, wakeFd, new Float64Array(counters), slots, options.peers);
     await new Promise<void>((resolve, reject) => {
       const onMessage = (msg: FromWorker): void => {
         if (msg.type === "ready") { cleanup(); resolve(); }
@@ -103,14 +119,29 @@ export class Forwarder {
     const built = ForwardingTable.build(peers);
     if (!built.ok) return Promise.reject(new Error(built.error));
     const generation = ++this.generation;
+    const inUse = new Set(this.appliedNames);
+    for (const names of this.sentNames.values()) for (const n of names) inUse.add(n);
+    const { slots, reset } = this.slots.assign(peers.map((p) => p.name), inUse);
+    for (const slot of reset) resetPeerTraffic(this.counterView, slot);
+    this.sentNames.set(generation, new Set(peers.map((p) => p.name)));
     return new Promise((resolve, reject) => {
       this.pending.set(generation, (error) => (error === undefined ? resolve() : reject(new Error(error))));
-      this.send({ type: "peers", generation, peers });
+      this.send({ type: "peers", generation, peers, slots });
     });
   }
 
   counters(): Record<string, number> {
     return snapshotCounters(this.counterView);
+  }
+
+  /** Frames and bytes to and from a peer, by name; undefined for a peer without a slot. */
+  peerTraffic(name: string): PeerTraffic | undefined {
+    const slot = this.slots.slotOf(name);
+    return slot === undefined ? undefined : snapshotPeerTraffic(this.counterView, slot);
+  }
+
+  batchSizes(): { tap: BatchHistogram; underlay: BatchHistogram } {
+    return { tap: snapshotBatchHistogram(this.counterView, BatchSource.Tap), underlay: snapshotBatchHistogram(this.counterView, BatchSource.Underlay) };
   }
 
   get counterArray(): Float64Array {

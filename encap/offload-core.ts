@@ -10,7 +10,7 @@
 //   receive slots    rxBatch × rxStride: a datagram or a UDP_GRO run of them
 
 import type { SumFn } from "./checksum";
-import { Counter } from "./counters";
+import { BatchSource, Counter, PeerCounter, countBatch } from "./counters";
 import type { ForwardingTable } from "./fdb";
 import { acceptDatagram, newSendQueues, routeFrame, TRUNCATED, type SendQueue } from "./forwarder-core";
 import { ETH_HEADER_LEN, flowHash } from "./frame";
@@ -142,6 +142,7 @@ export class OffloadCore {
       this.runEntry[q] = -1;
     }
     c[Counter.TapReadBatches]! += 1;
+    countBatch(c, BatchSource.Tap, count);
     let out = 0;
     for (let i = 0; i < count; i++) {
       const slot = this.tapBase + i * this.tapStride;
@@ -171,6 +172,8 @@ export class OffloadCore {
         this.runSize[q] = flen + VXLAN_HEADER_LEN;
         this.runCount[q] = 1;
         this.enqueue(queue, frame - VXLAN_HEADER_LEN, flen + VXLAN_HEADER_LEN, 0, entry.underlayIp);
+        c[entry.traffic + PeerCounter.TxFrames]! += 1;
+        c[entry.traffic + PeerCounter.TxBytes]! += flen;
         out++;
         continue;
       }
@@ -181,6 +184,8 @@ export class OffloadCore {
         continue;
       }
       c[Counter.TapRxSuperFrames]! += 1;
+      c[entry.traffic + PeerCounter.TxFrames]! += plan.segments;
+      c[entry.traffic + PeerCounter.TxBytes]! += plan.totalBytes - plan.segments * VXLAN_HEADER_LEN;
       const per = segmentsPerSend(plan.segSize);
       let remainingBytes = plan.totalBytes;
       for (let s = 0; s < plan.segments; s += per) {
@@ -249,6 +254,7 @@ export class OffloadCore {
     const uco = this.udpCoalescer;
     c[Counter.UdpRecvBatches]! += 1;
     c[Counter.UdpRxReads]! += count;
+    countBatch(c, BatchSource.Underlay, count);
     let w = 0;
     for (let i = 0; i < count; i++) {
       const slot = this.rxBase + i * this.rxStride;

@@ -129,7 +129,7 @@ describe("e2e: a kernel-VXLAN node and a vxmesh node are peers", () => {
     const l = lab as Lab;
     const status = await (cluster as Cluster).daemon("n2").status();
     expect(status).toMatchObject({ node: "n2", underlayIp: "192.0.2.12", subnet: "10.244.2.0/24", vni: 1, vxlanPort: 4789, tap: "vxmesh0", mtu: 1450 });
-    expect(status.peers).toEqual([{ name: "n1", underlayIp: "192.0.2.11", subnet: "10.244.1.0/24", vtepMac: l.node("n1").vtepMac, path: "vxlan" }]);
+    expect(status.peers).toEqual([{ name: "n1", underlayIp: "192.0.2.11", subnet: "10.244.1.0/24", vtepMac: l.node("n1").vtepMac, path: "vxlan", traffic: expect.any(Object) }]);
   });
 
   it("every pod on n1 pings every pod on n2, and back", async () => {

@@ -184,6 +184,9 @@ const get = (r) => { if (!r.ok) throw new Error(r.error); return r.value; };
         v = await h.setPeers(op.ifname, op.peers.map((p) => ({ subnet: get(t.parseSubnet(p.subnet)), vtepMac: get(t.parseMac(p.mac)) })));
       } else if (op.op === "removeAll") {
         v = await h.removeAll(op.ifname);
+      } else if (op.op === "lookupRoute") {
+        const r = await h.lookupRoute(get(t.parseIpv4(op.ip)), op.fibMatch);
+        v = { ...r, dst: t.formatSubnet(r.dst), gateway: r.gateway === null ? null : t.formatIpv4(r.gateway) };
       } else throw new Error("unknown op " + op.op);
       results.push({ ok: v === undefined ? null : v });
     } catch (e) {
@@ -198,7 +201,8 @@ const get = (r) => { if (!r.ok) throw new Error(r.error); return r.value; };
 type Op =
   | { op: "configureTap"; ifname: string; mac: string; mtu: number; address: string }
   | { op: "setPeers"; ifname: string; peers: { subnet: string; mac: string }[] }
-  | { op: "removeAll"; ifname: string };
+  | { op: "removeAll"; ifname: string }
+  | { op: "lookupRoute"; ip: string; fibMatch: boolean };
 type Result = { ok: any } | { error: string; code?: string };
 
 function inNs(...ops: Op[]): Result[] {
@@ -217,7 +221,7 @@ function ok(r: Result | undefined): any {
 const P2 = { subnet: "10.244.2.0/24", mac: "02:00:00:00:02:02" };
 const P3 = { subnet: "10.244.3.0/24", mac: "02:00:00:00:03:03" };
 const P2b = { subnet: "10.244.2.0/24", mac: "02:00:00:00:02:99" };
-const ZERO = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursRemoved: 0 };
+const ZERO = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0 };
 
 function ourRoutesOnDev(): { dst: string; gateway?: string; flags?: string[] }[] {
   return ipj("route", "show", "proto", String(VXMESH_RTPROT), "dev", DEV);
@@ -257,7 +261,7 @@ describe("HostPlumbing in a network namespace", () => {
       { op: "setPeers", ifname: DEV, peers: [P2, P3] },
     );
     expect(ok(tap)).toBeNull();
-    expect(ok(peers)).toEqual({ routesAdded: 2, routesRemoved: 0, neighboursSet: 2, neighboursRemoved: 0 });
+    expect(ok(peers)).toEqual({ routesAdded: 2, routesRemoved: 0, neighboursSet: 2, neighboursReplaced: 0, neighboursRemoved: 0 });
 
     const [link] = ipj("link", "show", "dev", DEV);
     expect(link.address).toBe("02:00:00:00:01:01");
@@ -300,7 +304,8 @@ describe("HostPlumbing in a network namespace", () => {
       { op: "setPeers", ifname: DEV, peers: [P2, P3] },
     );
     expect(ok(tap)).toBeNull();
-    expect(ok(peers)).toEqual({ routesAdded: 0, routesRemoved: 0, neighboursSet: 2, neighboursRemoved: 0 });
+    // The MAC change flushed them: set again, not replaced.
+    expect(ok(peers)).toEqual({ routesAdded: 0, routesRemoved: 0, neighboursSet: 2, neighboursReplaced: 0, neighboursRemoved: 0 });
     const [link] = ipj("addr", "show", "dev", DEV);
     expect([link.address, link.mtu]).toEqual(["02:00:00:00:01:02", 1400]);
     expect(link.addr_info.filter((a: any) => a.family === "inet").map((a: any) => `${a.local}/${a.prefixlen}`)).toEqual([
@@ -313,7 +318,7 @@ describe("HostPlumbing in a network namespace", () => {
   it("removes a dropped peer, replaces a changed MAC, and leaves other protocols and devices alone", () => {
     sh(["-n", NS, "route", "add", "10.244.99.0/24", "dev", DEV, "proto", "static"]);
     const [res] = inNs({ op: "setPeers", ifname: DEV, peers: [P2b] });
-    expect(ok(res)).toEqual({ routesAdded: 0, routesRemoved: 1, neighboursSet: 1, neighboursRemoved: 1 });
+    expect(ok(res)).toEqual({ routesAdded: 0, routesRemoved: 1, neighboursSet: 1, neighboursReplaced: 1, neighboursRemoved: 1 });
 
     expect(ourRoutesOnDev().map((r) => [r.dst, r.gateway])).toEqual([["10.244.2.0/24", "10.244.2.0"]]);
     expect(permanentNeighOnDev().map((n) => [n.dst, n.lladdr])).toEqual([["10.244.2.0", "02:00:00:00:02:99"]]);
@@ -322,6 +327,17 @@ describe("HostPlumbing in a network namespace", () => {
     expect(ipj("neigh", "show", "dev", OTHER)).toEqual([
       expect.objectContaining({ dst: "10.244.98.1", lladdr: "02:00:00:00:98:01", state: ["PERMANENT"] }),
     ]);
+  });
+
+  it("looks up the route the kernel uses for an address: ours, someone else's, or none", () => {
+    const [ours, foreign, none] = inNs(
+      { op: "lookupRoute", ip: "10.244.2.5", fibMatch: true },
+      { op: "lookupRoute", ip: "10.244.99.7", fibMatch: true },
+      { op: "lookupRoute", ip: "10.99.0.1", fibMatch: true },
+    );
+    expect(ok(ours)).toMatchObject({ dst: "10.244.2.0/24", gateway: "10.244.2.0", ifname: DEV, protocol: VXMESH_RTPROT, onlink: true, type: 1 });
+    expect(ok(foreign)).toMatchObject({ dst: "10.244.99.0/24", gateway: null, ifname: DEV, protocol: 4 });
+    expect(none).toEqual({ error: "looking up the route to 10.99.0.1: Network is unreachable", code: "ENETUNREACH" });
   });
 
   it("reports a conflicting route with a message naming it, and still applies the rest", () => {
@@ -341,6 +357,7 @@ describe("HostPlumbing in a network namespace", () => {
       routesAdded: 0,
       routesRemoved: 1,
       neighboursSet: 0,
+      neighboursReplaced: 0,
       neighboursRemoved: 2,
       addressesRemoved: 1,
       deviceFound: true,

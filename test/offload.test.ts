@@ -2,7 +2,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { readU16, readU32 } from "../encap/bytes";
 import { pseudoHeaderSum, sumJs } from "../encap/checksum";
-import { COUNTER_COUNT, Counter, totalDrops } from "../encap/counters";
+import { Counter, newCounterView, snapshotPeerTraffic, totalDrops } from "../encap/counters";
 import { ForwardingTable, type Peer } from "../encap/fdb";
 import { loadNative } from "../encap/native";
 import {
@@ -32,11 +32,14 @@ const DST = 0x0af40107;
 /** The round trip's receiver: it hears the segments from a peer owning the sender's subnet. */
 const MIRROR: Peer = { ...PEER, name: "n1", subnet: subnet("10.244.1.0/24"), vtepMac: vtepMacFor("n1") };
 
+/** The peer's traffic counter slot. */
+const PEER_SLOT = 3;
+
 function makeCore(peer: Peer = PEER): OffloadCore {
-  const built = ForwardingTable.build([peer]);
+  const built = ForwardingTable.build([peer], [PEER_SLOT]);
   if (!built.ok) throw new Error(built.error);
   return new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 4, rxBatch: 4, sourcePorts: 1 }, built.table,
-    new Float64Array(COUNTER_COUNT), sum);
+    newCounterView(), sum);
 }
 
 /** Ethernet + IPv4 + TCP (with 12 bytes of options) + payload; checksums valid. */
@@ -186,6 +189,9 @@ describe("fast path: segmentation and coalescing", () => {
           reassembled += chunk.length;
         });
         expect(reassembled).toBe(payloadLen);
+        // Per peer, each segment is a frame and its inner bytes count (not the VXLAN header).
+        const innerBytes = datagrams.reduce((a, d) => a + d.length - 8, 0);
+        expect(snapshotPeerTraffic(core.counters, PEER_SLOT)).toEqual({ txFrames: datagrams.length, txBytes: innerBytes, rxFrames: 0, rxBytes: 0 });
 
         // Receive them as one UDP_GRO run (all but the last are the same size), as the peer
         // would; they merge back into one super-frame.
@@ -199,6 +205,7 @@ describe("fast path: segmentation and coalescing", () => {
         const frames = rx.decapsulate(1);
         expect(totalDrops(rx.counters)).toBe(0);
         expect(frames).toBe(1);
+        expect(snapshotPeerTraffic(rx.counters, PEER_SLOT)).toEqual({ txFrames: 0, txBytes: 0, rxFrames: datagrams.length, rxBytes: innerBytes });
         const off = rx.writeOffs[0]!;
         const len = rx.writeLens[0]!;
         expect(len).toBe(frame.length);
