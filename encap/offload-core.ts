@@ -166,14 +166,14 @@ export class OffloadCore {
           continue;
         }
         writeVxlanHeader(slab, frame - VXLAN_HEADER_LEN, this.vni);
+        c[entry.traffic + PeerCounter.TxFrames]! += 1;
+        c[entry.traffic + PeerCounter.TxBytes]! += flen;
         if (this.joinRun(q, queue, frame - VXLAN_HEADER_LEN, flen + VXLAN_HEADER_LEN, entry.underlayIp)) continue;
         this.runEntry[q] = queue.count;
         this.runSlot[q] = i;
         this.runSize[q] = flen + VXLAN_HEADER_LEN;
         this.runCount[q] = 1;
         this.enqueue(queue, frame - VXLAN_HEADER_LEN, flen + VXLAN_HEADER_LEN, 0, entry.underlayIp);
-        c[entry.traffic + PeerCounter.TxFrames]! += 1;
-        c[entry.traffic + PeerCounter.TxBytes]! += flen;
         out++;
         continue;
       }

@@ -268,7 +268,7 @@ describe("fast path: segmentation and coalescing", () => {
       const other: Peer = { ...PEER, name: "n3", underlayIp: 0xc000020d as Ipv4, subnet: subnet("10.244.3.0/24"), vtepMac: vtepMacFor("n3") };
       const built = ForwardingTable.build([PEER, other]);
       if (!built.ok) throw new Error(built.error);
-      const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 64, rxBatch: 64, sourcePorts: 1 }, built.table, new Float64Array(COUNTER_COUNT), sum);
+      const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 64, rxBatch: 64, sourcePorts: 1 }, built.table, newCounterView(), sum);
       const frames = specs.map((sp, i) => {
         const payload = new Uint8Array(sp.size).map((_, j) => (i * 7 + j) & 0xff);
         return udpFrame(sp.toPeer ? PEER.vtepMac : other.vtepMac, LOCAL_MAC, DST, SRC, 100 + i, sp.flow, payload, sp.df);
@@ -306,7 +306,7 @@ describe("fast path: segmentation and coalescing", () => {
       // the kernel cuts them, they are the datagrams that were sent (ids aside where DF is set).
       const mirror = ForwardingTable.build([MIRROR]);
       if (!mirror.ok) throw new Error(mirror.error);
-      const rx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 1, rxBatch: 64, sourcePorts: 1 }, mirror.table, new Float64Array(COUNTER_COUNT), sum);
+      const rx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 1, rxBatch: 64, sourcePorts: 1 }, mirror.table, newCounterView(), sum);
       let n = 0;
       for (let e = 0; e < q.count; e++) {
         if (q.ips[e] !== PEER.underlayIp) continue;
@@ -348,7 +348,7 @@ describe("fast path: segmentation and coalescing", () => {
     }), { numRuns: 200 });
 
     // And it does batch: ten equal datagrams of one flow are one send and one TAP write.
-    const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 16, rxBatch: 1, sourcePorts: 1 }, makeCore().table, new Float64Array(COUNTER_COUNT), sum);
+    const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 16, rxBatch: 1, sourcePorts: 1 }, makeCore().table, newCounterView(), sum);
     for (let i = 0; i < 10; i++) {
       const f = udpFrame(PEER.vtepMac, LOCAL_MAC, DST, SRC, i, 40001, new Uint8Array(18).fill(i));
       const slot = tx.tapBase + i * tx.tapStride;
@@ -359,6 +359,7 @@ describe("fast path: segmentation and coalescing", () => {
     tx.encapsulate(10);
     const q = tx.sendQueues[0] as SendQueue;
     expect([q.count, q.segSizes[0], q.lens[0]]).toEqual([1, 8 + 60, 10 * (8 + 60)]);
+    expect(snapshotPeerTraffic(tx.counters, PEER_SLOT)).toMatchObject({ txFrames: 10, txBytes: 10 * 60 });
     const rx = makeCore(MIRROR);
     rx.slab.set(tx.slab.subarray(q.offs[0]!, q.offs[0]! + q.lens[0]!), rx.rxBase);
     rx.rxLens[0] = q.lens[0]!;
