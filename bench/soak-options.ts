@@ -13,7 +13,7 @@ export const SOAK_DEFAULTS: SoakOptions = {
   streamRateBytesPerS: 2 * 1024 * 1024,
   probeIntervalMs: 100,
   recoveryTimeoutMs: 60_000,
-  stallMs: 10_000,
+  stallMs: 3000,
 };
 
 export interface SoakCli {
