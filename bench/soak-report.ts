@@ -119,6 +119,8 @@ export interface SoakReport {
   probes: { sent: number; answered: number };
   faults: FaultReport[];
   rss: RssReport[];
+  /** Why the run stopped early, if it did (a pod program or fault injector died). */
+  aborted: string | null;
   warnings: string[];
 }
 
@@ -145,6 +147,7 @@ export interface SoakVerdict {
 /** What must hold: no false death, no byte corrupted or lost, every restart recovered. */
 export function verdict(r: SoakReport): SoakVerdict {
   const problems: string[] = [];
+  if (r.aborted !== null) problems.push(`aborted: ${r.aborted}`);
   if (r.falseDeaths.length > 0) problems.push(`${r.falseDeaths.length} false death(s): ${r.falseDeaths.map((d) => `${d.observer} saw ${d.member} ${d.state} at ${d.atS.toFixed(1)} s (${d.source})`).join("; ")}`);
   for (const s of r.streams) {
     if (s.corruptedBytes > 0) problems.push(`stream ${s.id} (${s.from}→${s.to}): ${s.corruptedBytes} bytes corrupted (first at offset ${String(s.firstCorruptionAt)})`);
@@ -153,7 +156,9 @@ export function verdict(r: SoakReport): SoakVerdict {
   }
   for (const x of r.restarts) {
     if (x.error !== undefined) problems.push(`restart ${x.index} of ${x.node}: ${x.error}`);
-    else if (x.recoveredMs === null) problems.push(`restart ${x.index} of ${x.node}: did not recover (traffic ${fmtMs(x.trafficReturnMs)}, converged ${fmtMs(x.convergedMs)}, streams ${JSON.stringify(x.streamProgressMs)})`);
+    else if (x.recoveredMs === null || x.recoveredMs > r.options.recoveryTimeoutMs) {
+      problems.push(`restart ${x.index} of ${x.node}: did not recover within ${fmtMs(r.options.recoveryTimeoutMs)} (traffic ${fmtMs(x.trafficReturnMs)}, converged ${fmtMs(x.convergedMs)}, streams ${JSON.stringify(x.streamProgressMs)})`);
+    }
   }
   return { ok: problems.length === 0, problems };
 }

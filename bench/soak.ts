@@ -654,7 +654,6 @@ class SoakRun {
       })),
     }));
     const warnings = [...this.warnings];
-    if (this.fatal !== undefined) warnings.unshift(`aborted: ${this.fatal}`);
     const problems = [...this.daemonProblems].sort((a, b) => b[1] - a[1]);
     if (problems.length > 0) warnings.push(`daemons logged warnings/errors: ${problems.slice(0, 12).map(([k, v]) => `${k} ×${v}`).join("; ")}`);
     return {
@@ -673,6 +672,7 @@ class SoakRun {
       probes: { sent: probeCounts.reduce((a, x) => a + x.sent, 0), answered: probeCounts.reduce((a, x) => a + x.received, 0) },
       faults,
       rss,
+      aborted: this.fatal ?? null,
       warnings,
     };
   }
