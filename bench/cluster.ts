@@ -15,10 +15,11 @@ export interface DaemonOptions {
   extraArgs?: readonly string[];
   /**
    * Gossip instead of a static peers file: nodes join through `seed` (the first node started
-   * has none). With `claim`, the node claims a subnet instead of using the lab's (only for
-   * nodes without lab-wired pods, whose addresses come from the lab's subnet).
+   * has none), or through every node of `seeds` (the node itself is left out). With `claim`,
+   * the node claims a subnet instead of using the lab's (only for nodes without lab-wired pods,
+   * whose addresses come from the lab's subnet).
    */
-  gossip?: { seed?: LabNode; claim?: boolean; claimWaitS?: number; keyFile?: string };
+  gossip?: { seed?: LabNode; seeds?: readonly LabNode[]; claim?: boolean; claimWaitS?: number; keyFile?: string };
   /** How long to wait for the control socket to answer. */
   readyTimeoutMs?: number;
 }
@@ -118,9 +119,10 @@ export class Cluster {
       writeFileSync(peersFile, JSON.stringify(this.lab.peersFor(node), null, 2));
       return ["--subnet", node.subnet, "--peers", peersFile];
     }
+    const seeds = (g.seeds ?? (g.seed === undefined ? [] : [g.seed])).filter((s) => s.name !== node.name);
     return [
       "--key-file", g.keyFile ?? this.keyFile(),
-      ...(g.seed === undefined || g.seed === node ? [] : ["--join", `${g.seed.underlayIp}:7946`]),
+      ...(seeds.length === 0 ? [] : ["--join", seeds.map((s) => `${s.underlayIp}:7946`).join(",")]),
       ...(g.claim === true ? [] : ["--subnet", node.subnet]),
       "--claim-wait", String(g.claimWaitS ?? 2),
     ];
