@@ -8,6 +8,7 @@ import {
 } from "../encap/types";
 import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
 import { anyText, boolSwitch, intInRange, parseFlags, type FlagSpec } from "./flags";
+import { parseKeepCaps, type KeepCaps } from "./capabilities";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -49,6 +50,7 @@ export interface DaemonConfig {
   batch: number;
   sourcePorts: number;
   offload: boolean;
+  keepCaps: KeepCaps;
 }
 
 /** The underlay IPv4 + UDP + VXLAN + inner Ethernet headers. */
@@ -95,6 +97,7 @@ export const daemonFlags = {
   logLevel: { name: "log-level", help: "fatal, error, warn, info, debug, trace or silent", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
   offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  keepCaps: { name: "keep-caps", help: "capabilities kept after set-up, on every thread (the rest are dropped and no_new_privs is set): auto (net_admin, plus sys_admin when held, for the CNI handler to enter pod namespaces), a comma list such as net_admin, or all to drop nothing", defaultText: "auto", parse: parseKeepCaps } satisfies FlagSpec<KeepCaps>,
   sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
 };
 
@@ -144,6 +147,7 @@ export function parseDaemonConfig(argv: readonly string[], env: NodeJS.ProcessEn
       batch: v.batch ?? 64,
       sourcePorts: v.sourcePorts ?? 8,
       offload: v.offload ?? true,
+      keepCaps: v.keepCaps ?? { kind: "auto" },
     },
   };
 }
