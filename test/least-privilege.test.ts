@@ -6,7 +6,7 @@
 // and SIGTERM removes what it made. Without CAP_NET_ADMIN it refuses to start and leaves nothing.
 
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster, type DaemonProcess } from "../bench/cluster";
@@ -169,6 +169,25 @@ describe("a daemon as nobody with only CAP_NET_ADMIN", () => {
     expect((await l.exec(n2, ["ip", "route", "show", "proto", "118"])).stdout.trim()).toBe("");
     expect(readdirSync(d.runDir)).toEqual([]);
   }, 30_000);
+
+  it("a DEL the shim (root) queued while it was down is completed by the daemon running as nobody", async () => {
+    const l = lab as Lab;
+    const c = cluster as Cluster;
+    const n2 = l.node("n2");
+    const stopped = c.daemon("n2");
+    expect(stopped.running).toBe(false);
+    const stateDir = join(dirname(stopped.runDir), "n2-state");
+    const node = CniNode.on(l, n2.namespace, { subnet: n2.subnet, external: { runDir: stopped.runDir, stateDir } });
+    const del = await node.call({ command: "DEL", containerID: "lp-queued", netns: "/run/netns/gone", ifname: "eth0", timeoutMs: 30_000 });
+    expect(del.code, del.stdout + del.stderr).toBe(0);
+    const queued = join(stateDir, "cni", "del-queue", "lp-queued:eth0.json");
+    // Root wrote it, but it belongs to the state dir's owner, so the daemon can read and remove it.
+    expect(statSync(queued).uid).toBe(NOBODY);
+    expect(statSync(dirname(queued)).uid).toBe(NOBODY);
+    await c.start(n2, { launcher: launcher(true), dirOwner: { uid: NOBODY, gid: NOBODY } });
+    await waitFor(() => !existsSync(queued), { timeoutMs: 20_000, intervalMs: 100, what: `${queued} to be completed` });
+    expect(await c.daemon("n2").stop(10_000)).toBe(0);
+  }, 60_000);
 
   it("without CAP_NET_ADMIN it exits 1 with a clear error and leaves nothing behind", async () => {
     const l = lab as Lab;
