@@ -49,11 +49,14 @@ describe("root daemons drop to the kept set on every thread", () => {
   let cluster: Cluster | undefined;
 
   beforeAll(async () => {
-    lab = await Lab.build({ nodes: [{ pods: 1 }, { pods: 1 }] });
+    lab = await Lab.build({ nodes: [{ pods: 1 }, { pods: 1 }, {}] });
     cluster = new Cluster(lab);
-    const [n1, n2] = lab.nodes as [LabNode, LabNode];
+    const [n1, n2, n3] = lab.nodes as [LabNode, LabNode, LabNode];
     await cluster.start(n1);
     await cluster.start(n2, { extraArgs: ["--keep-caps", "net_admin"] });
+    // As the Kubernetes manifest starts it: uid 0, capabilities drop ALL + add NET_ADMIN, SYS_ADMIN
+    // (the bounding set too), allowPrivilegeEscalation false (no_new_privs). No CAP_SETPCAP.
+    await cluster.start(n3, { launcher: ["setpriv", "--bounding-set=-all,+net_admin,+sys_admin", "--inh-caps=-all", "--no-new-privs"] });
     for (const d of cluster.daemons.values()) await waitForLog(d, "capabilities dropped");
   }, 90_000);
 
@@ -71,6 +74,14 @@ describe("root daemons drop to the kept set on every thread", () => {
     expect(threadsNotAt(threads, { effective: want, permitted: want, bounding: want })).toEqual([]);
     expect(dropLine(d).kept).toEqual(["net_admin", "sys_admin"]);
     expect(dropLine(d).bounding).toEqual(["net_admin", "sys_admin"]);
+  });
+
+  it("started as Kubernetes does (no CAP_SETPCAP, bounding set already reduced), it ends up the same", () => {
+    const d = (cluster as Cluster).daemon("n3");
+    const want = CAP_NET_ADMIN | CAP_SYS_ADMIN;
+    expect(threadsNotAt(readThreadCaps(pidOf(d)), { effective: want, permitted: want, bounding: want })).toEqual([]);
+    expect(dropLine(d).kept).toEqual(["net_admin", "sys_admin"]);
+    expect(d.log).not.toMatch(/bounding set still holds/);
   });
 
   it("--keep-caps net_admin leaves only net_admin, bounding set included", () => {
@@ -93,7 +104,7 @@ describe("root daemons drop to the kept set on every thread", () => {
     const l = lab as Lab;
     const c = cluster as Cluster;
     const results: { node: string; code: number | null; out: string }[] = [];
-    for (const name of ["n1", "n2"]) {
+    for (const name of ["n1", "n2", "n3"]) {
       const d = c.daemon(name);
       const node = CniNode.on(l, l.node(name).namespace, { subnet: l.node(name).subnet, external: { runDir: d.runDir, stateDir: join(dirname(d.runDir), `${name}-state`) } });
       const netns = await addPodNs(l, `${name}cnipod`);
@@ -103,6 +114,7 @@ describe("root daemons drop to the kept set on every thread", () => {
       expect(del.code, del.stdout + del.stderr).toBe(0);
     }
     expect(results[0]?.code, results[0]?.out).toBe(0);
+    expect(results[2]?.code, results[2]?.out).toBe(0);
     expect(results[1]?.code, results[1]?.out).not.toBe(0);
     expect(results[1]?.out).toMatch(/not permitted \(EPERM\)/);
   }, 90_000);
