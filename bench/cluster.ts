@@ -3,7 +3,7 @@
 // tests, the demo and the bench.
 
 import type { ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { generateKey } from "../control/keyring";
 import { queryControl } from "../daemon/control-socket";
@@ -22,6 +22,13 @@ export interface DaemonOptions {
   gossip?: { seed?: LabNode; seeds?: readonly LabNode[]; claim?: boolean; claimWaitS?: number; keyFile?: string };
   /** How long to wait for the control socket to answer. */
   readyTimeoutMs?: number;
+  /**
+   * A command the daemon is started through: argv becomes [...launcher, node, cli.js, "daemon", …]
+   * (e.g. setpriv, to run it as another user with chosen capabilities).
+   */
+  launcher?: readonly string[];
+  /** For a daemon that runs as another user: its run and state dirs are made beforehand, owned by it. */
+  dirOwner?: { uid: number; gid: number };
 }
 
 /** The repository root, from either the sources (tests) or dist/ (CLI). */
@@ -130,7 +137,18 @@ export class Cluster {
 
   async start(node: LabNode, options: DaemonOptions = {}): Promise<DaemonProcess> {
     const runDir = join(this.dir, `${node.name}-run`);
+    const stateDir = join(this.dir, `${node.name}-state`);
+    if (options.dirOwner !== undefined) {
+      // The user must pass through the (root-owned, 0700) temporary directories to reach them.
+      chmodSync(this.lab.workDir(), 0o711);
+      chmodSync(this.dir, 0o711);
+      for (const d of [runDir, stateDir]) {
+        mkdirSync(d, { recursive: true, mode: 0o700 });
+        chownSync(d, options.dirOwner.uid, options.dirOwner.gid);
+      }
+    }
     const argv = [
+      ...(options.launcher ?? []),
       process.execPath, cliPath(), "daemon",
       "--node-name", node.name,
       "--underlay-ip", node.underlayIp,
@@ -138,7 +156,7 @@ export class Cluster {
       "--vni", String(node.vni),
       "--vxlan-port", String(node.port),
       "--run-dir", runDir,
-      "--state-dir", join(this.dir, `${node.name}-state`),
+      "--state-dir", stateDir,
       ...(options.extraArgs ?? []),
     ];
     const child = this.lab.spawn(node, argv, { env: { ...process.env, VXMESH_LOG_LEVEL: process.env["VXMESH_LOG_LEVEL"] ?? "info" } });

@@ -12,6 +12,7 @@ import { serviceOverlapMessage, serviceOverlaps, type LabelledCidr } from "../co
 import { readConfigFile } from "./config-file";
 import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec } from "./flags";
 import { parseLogFormat, type LogFormat } from "./log";
+import { parseKeepCaps, type KeepCaps } from "./capabilities";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -56,6 +57,7 @@ export interface DaemonConfig {
   offload: boolean;
   /** Service CIDRs pod addresses must stay clear of; each with where it was set. */
   serviceCidrs: LabelledCidr[];
+  keepCaps: KeepCaps;
 }
 
 /** The underlay IPv4 + UDP + VXLAN + inner Ethernet headers. */
@@ -105,6 +107,7 @@ export const daemonFlags = {
   logFormat: { name: "log-format", help: "json (one object per line), pretty (readable lines) or auto (pretty on a terminal, else json)", defaultText: "auto", parse: parseLogFormat } satisfies FlagSpec<LogFormat>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
   offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  keepCaps: { name: "keep-caps", help: "capabilities kept after set-up, on every thread (the rest are dropped and no_new_privs is set): auto (net_admin, plus sys_admin when held, for the CNI handler to enter pod namespaces), a comma list such as net_admin, or all to drop nothing", defaultText: "auto", parse: parseKeepCaps } satisfies FlagSpec<KeepCaps>,
   sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
 };
 
@@ -170,6 +173,7 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
       sourcePorts: v.sourcePorts ?? 8,
       offload: v.offload ?? true,
       serviceCidrs: (v.serviceCidr ?? []).map((subnet) => ({ subnet, label: `service CIDR ${formatSubnet(subnet)} (${describeOrigin("service-cidr", o.serviceCidr)})` })),
+      keepCaps: v.keepCaps ?? { kind: "auto" },
     },
   };
 }

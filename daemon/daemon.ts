@@ -21,6 +21,7 @@ import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
 import { findOwner, traceIp, type TraceRecord, type TraceState } from "./trace";
 import { createCniHandler, isCniRequest } from "../cni/handler";
+import { capNames, dropCapabilities, netAdminMissing, readThreadCaps } from "./capabilities";
 
 export { StartupError } from "./startup-error";
 
@@ -102,6 +103,10 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   }
   const routeConflict = hostRouteOverlaps(podCidrs(config, staticPeers), await readHostRoutes(), ownDevices(config))[0];
   if (routeConflict !== undefined) throw new StartupError(hostRouteOverlapMessage(routeConflict));
+
+  // Before anything is made: without CAP_NET_ADMIN nothing below can work.
+  const noNetAdmin = netAdminMissing(readThreadCaps("self").find((t) => t.tid === process.pid)?.effective ?? 0n);
+  if (noNetAdmin !== undefined) throw new StartupError(noNetAdmin);
 
   const cleanups: (() => Promise<void> | void)[] = [];
   const undo = async (): Promise<void> => {
@@ -230,6 +235,15 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
           : err;
       });
       cleanups.push(() => new Promise<void>((resolve) => metrics.close(() => resolve())));
+    }
+    // Set-up is done (every socket bound, every thread started): keep only what is still needed.
+    if (config.keepCaps.kind !== "all") {
+      const dropped = dropCapabilities(config.keepCaps);
+      if (!dropped.ok) throw new StartupError(`--keep-caps: ${dropped.error}`);
+      for (const note of dropped.value.notes) log.warn(note);
+      log.info({ kept: capNames(dropped.value.kept), bounding: capNames(dropped.value.bounding), threads: dropped.value.threads, noNewPrivs: true }, "capabilities dropped");
+    } else {
+      log.warn("--keep-caps all: the daemon keeps every capability it was started with");
     }
     // A DEL the shim queued between the first pass and the socket opening.
     void cni.completeQueuedDels().catch((err: unknown) => log.warn({ err }, "completing queued CNI DELs failed"));

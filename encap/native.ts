@@ -117,6 +117,38 @@ export interface NativeShim {
    * and EINVAL when it is not a network namespace.
    */
   inNetns<T>(nsPath: string, fn: () => T): T;
+
+  /**
+   * Reduces the capabilities of every thread of the process (capability sets are per thread on
+   * Linux; capset and prctl change only the caller's): effective and permitted become
+   * `keep` ∩ permitted, inheritable and ambient become empty, the bounding set shrinks to `keep`
+   * when CAP_SETPCAP allows it, and no_new_privs is set. Each other thread does it in the handler
+   * of the signal SIGRTMIN-1, the one the C library reserves for setuid() across threads, which
+   * no thread can block; `deadlineMs` bounds the wait for their answers. Never throws for a
+   * failed drop: the report says what happened.
+   */
+  dropCapabilities(keep: bigint, deadlineMs: number): CapDropReport;
+}
+
+export interface CapDropReport {
+  /** Every thread answered and dropped without error. */
+  ok: boolean;
+  /** Why the drop could not run at all (installing the handler, reading the sets). */
+  error?: string;
+  /** The calling thread's effective set afterwards. */
+  kept: bigint;
+  /** The calling thread's bounding set afterwards. */
+  bounding: bigint;
+  /** The bounding set holds nothing beyond `keep` (false: CAP_SETPCAP was missing). */
+  boundingReduced: boolean;
+  /** Threads that dropped (the calling one included). */
+  threads: number;
+  /** The signal used (33 with glibc). */
+  signal: number;
+  /** Threads that answered with an error: which step failed and the errno name. */
+  failed: { tid: number; step: string; code: string }[];
+  /** Threads that did not answer before the deadline. */
+  silent: number[];
 }
 
 let cached: NativeShim | undefined;

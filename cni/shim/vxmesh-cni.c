@@ -500,7 +500,28 @@ static bool ask_daemon(const char *path, const struct buf *req, struct buf *repl
 /* The DEL queue                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-static bool mkdir_p(const char *dir, char *why, size_t whylen) {
+/**
+ * The owner files in the state dir get: the state dir's own. The runtime runs this shim as root,
+ * while the daemon may run as another user without CAP_DAC_OVERRIDE (deploy/); it must still be
+ * able to read and remove what is queued for it. uid -1: leave ownership alone.
+ */
+struct owner {
+  uid_t uid;
+  gid_t gid;
+};
+
+static struct owner state_dir_owner(const char *state_dir) {
+  struct stat st;
+  struct owner o = {(uid_t)-1, (gid_t)-1};
+  if (stat(state_dir, &st) == 0 && (st.st_uid != geteuid() || st.st_gid != getegid())) {
+    o.uid = st.st_uid;
+    o.gid = st.st_gid;
+  }
+  return o;
+}
+
+/** Makes `dir` and its missing parents; the ones at or below `owned_from` get owner `o`. */
+static bool mkdir_p(const char *dir, size_t owned_from, struct owner o, char *why, size_t whylen) {
   char path[4096];
   if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
     snprintf(why, whylen, "%.900s: path too long", dir);
@@ -510,8 +531,13 @@ static bool mkdir_p(const char *dir, char *why, size_t whylen) {
     if (*p == '/' || *p == '\0') {
       char saved = *p;
       *p = '\0';
-      if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-        snprintf(why, whylen, "creating %.900s: %s", path, strerror(errno));
+      if (mkdir(path, 0700) < 0) {
+        if (errno != EEXIST) {
+          snprintf(why, whylen, "creating %.900s: %s", path, strerror(errno));
+          return false;
+        }
+      } else if (o.uid != (uid_t)-1 && (size_t)(p - path) > owned_from && chown(path, o.uid, o.gid) < 0) {
+        snprintf(why, whylen, "handing %.900s to uid %d: %s", path, (int)o.uid, strerror(errno));
         return false;
       }
       *p = saved;
@@ -532,7 +558,8 @@ static bool queue_del(const char *state_dir, const char *cid, const char *ifname
     snprintf(why, whylen, "container ID too long for a queue file name");
     return false;
   }
-  if (!mkdir_p(dir, why, whylen)) return false;
+  struct owner o = state_dir_owner(state_dir);
+  if (!mkdir_p(dir, strlen(state_dir), o, why, whylen)) return false;
   snprintf(final, final_len, "%s/%s:%s.json", dir, cid, ifname);
   snprintf(tmp, sizeof tmp, "%s/.%s:%s.%ld.tmp", dir, cid, ifname, (long)getpid());
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -540,7 +567,7 @@ static bool queue_del(const char *state_dir, const char *cid, const char *ifname
     snprintf(why, whylen, "creating %.900s: %s", tmp, strerror(errno));
     return false;
   }
-  bool ok = write_all(fd, req->p, req->len) && fsync(fd) == 0;
+  bool ok = (o.uid == (uid_t)-1 || fchown(fd, o.uid, o.gid) == 0) && write_all(fd, req->p, req->len) && fsync(fd) == 0;
   int err = errno;
   if (close(fd) < 0 && ok) {
     ok = false;

@@ -1,27 +1,35 @@
 // vxmesh native shim: the few Linux syscalls Node does not expose (TAP devices, batched UDP
-// I/O with recvmmsg/sendmmsg, poll on raw fds, eventfd, setns around socket creation). The contract is the NativeShim
-// interface in encap/native.ts; every policy decision stays in TypeScript.
+// I/O with recvmmsg/sendmmsg, poll on raw fds, eventfd, setns around socket creation, dropping
+// capabilities on every thread). The contract is the NativeShim interface in encap/native.ts;
+// every policy decision stays in TypeScript.
 //
 // Ground rules:
 // - No allocation per packet: batched calls use stack arrays sized by BATCH_MAX and clamp
 //   `max`/`count` to it.
-// - No mutable global state, so the module can be loaded in several worker threads.
+// - No mutable global state, so the module can be loaded in several worker threads. The one
+//   exception is the capability drop, a process-wide operation with its own lock.
 // - Bad arguments are caller bugs and throw TypeError/RangeError before any syscall.
 //   EAGAIN never throws; other syscall failures throw an Error whose `code` is the errno name
 //   ("EBADF") and whose message is "<call>: <strerror>".
 
 #define _GNU_SOURCE
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
@@ -29,9 +37,12 @@
 #include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 
+#include <linux/capability.h>
 #include <linux/if_tun.h>
 #include <linux/udp.h>
 
@@ -1072,6 +1083,430 @@ static napi_value in_netns(napi_env env, napi_callback_info info) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Capabilities                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+// Linux keeps capability sets, the bounding set and no_new_privs per thread, and capset(2) and
+// prctl(2) change only the calling thread. Node runs a dozen threads (V8 platform workers, the
+// libuv pool, our worker threads), so a drop must run on each of them: like glibc's setuid()
+// and libpsx, every thread is sent a signal whose handler makes the same calls on its own
+// thread and acknowledges.
+//
+// The signal is SIGRTMIN-1: glibc's SIGSETXID (33), musl's SIGSYNCCALL (34), the signal each C
+// library reserves for exactly this job. Node's SIGUSR1 watchdog thread blocks every signal a
+// program may block (SigBlk fffffffe7ffbfeff), and the C library refuses to let any thread block
+// its reserved ones, so only that signal reaches every thread. It is borrowed for the broadcast
+// only: the handler is installed with the raw rt_sigaction syscall (the C library's sigaction
+// refuses reserved signals) and the library's own handler is put back afterwards. Our signals
+// carry si_code SI_QUEUE and a token, so a stray one would be ignored by either handler (glibc's
+// acts only on SI_TKILL). If some thread does not answer before the deadline, our handler stays
+// installed (its late signal must not reach glibc's handler) and the caller is told which.
+
+#define CAP_MAX_THREADS 4096
+#define CAP_MAX_ROUNDS 16
+
+struct raw_sigaction {
+  void *handler;
+  unsigned long flags;
+  void *restorer;
+  uint64_t mask;
+};
+
+enum cap_step { CAP_STEP_OK = 0, CAP_STEP_BOUNDING, CAP_STEP_AMBIENT, CAP_STEP_CAPSET, CAP_STEP_NNP };
+
+struct cap_plan {
+  uint64_t keep;       // the effective and permitted sets; inheritable and ambient become empty
+  bool drop_bounding;  // needs CAP_SETPCAP, so it comes first
+  int last_cap;
+  int token;
+};
+
+struct cap_ack {
+  _Atomic int tid;  // 0 until the slot is filled
+  int step;
+  int err;
+};
+
+static pthread_mutex_t cap_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cap_plan cap_plan;
+static struct cap_ack cap_acks[CAP_MAX_THREADS];
+static atomic_int cap_ack_count;
+
+static const char *cap_step_name(int step) {
+  switch (step) {
+    case CAP_STEP_BOUNDING: return "bounding";
+    case CAP_STEP_AMBIENT: return "ambient";
+    case CAP_STEP_CAPSET: return "capset";
+    case CAP_STEP_NNP: return "no_new_privs";
+    default: return "none";
+  }
+}
+
+/** Async-signal-safe: raw syscalls only. Returns 0 or an errno, with the failing step. */
+static int cap_drop_this_thread(const struct cap_plan *p, int *step) {
+  if (p->drop_bounding) {
+    for (int cap = 0; cap <= p->last_cap; cap++) {
+      if (p->keep & (1ULL << cap)) continue;
+      long in = syscall(SYS_prctl, PR_CAPBSET_READ, cap, 0, 0, 0);
+      if (in == 1 && syscall(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+        *step = CAP_STEP_BOUNDING;
+        return errno;
+      }
+    }
+  }
+  // EINVAL: a kernel before 4.3 has no ambient set.
+  if (syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
+    *step = CAP_STEP_AMBIENT;
+    return errno;
+  }
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  data[0].effective = data[0].permitted = (uint32_t)p->keep;
+  data[1].effective = data[1].permitted = (uint32_t)(p->keep >> 32);
+  if (syscall(SYS_capset, &hdr, data) < 0) {
+    *step = CAP_STEP_CAPSET;
+    return errno;
+  }
+  if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+    *step = CAP_STEP_NNP;
+    return errno;
+  }
+  *step = CAP_STEP_OK;
+  return 0;
+}
+
+static void cap_signal_handler(int sig, siginfo_t *si, void *uctx) {
+  (void)sig;
+  (void)uctx;
+  if (si->si_code != SI_QUEUE || si->si_pid != getpid() || si->si_value.sival_int != cap_plan.token) return;
+  int saved_errno = errno;
+  int step = CAP_STEP_OK;
+  int err = cap_drop_this_thread(&cap_plan, &step);
+  int slot = atomic_fetch_add(&cap_ack_count, 1);
+  if (slot < CAP_MAX_THREADS) {
+    cap_acks[slot].step = step;
+    cap_acks[slot].err = err;
+    atomic_store_explicit(&cap_acks[slot].tid, (int)syscall(SYS_gettid), memory_order_release);
+  }
+  errno = saved_errno;
+}
+
+/**
+ * The kernel-level action that runs cap_signal_handler, with the C library's own signal
+ * trampoline (sa_restorer): installed with the library's sigaction on a spare signal and read
+ * back raw, so nothing here depends on how the library builds its frames.
+ */
+static int cap_make_action(struct raw_sigaction *out) {
+  int spare = SIGRTMAX;
+  struct sigaction ours, saved;
+  memset(&ours, 0, sizeof ours);
+  ours.sa_sigaction = cap_signal_handler;
+  ours.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset(&ours.sa_mask);
+  if (sigaction(spare, &ours, &saved) < 0) return errno;
+  int err = 0;
+  if (syscall(SYS_rt_sigaction, spare, NULL, out, sizeof out->mask) < 0) err = errno;
+  sigaction(spare, &saved, NULL);
+  return err;
+}
+
+/** Thread ids listed in /proc/self/task; -1 and errno on failure. */
+static int cap_list_threads(int *tids, int max) {
+  DIR *dir = opendir("/proc/self/task");
+  if (dir == NULL) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(dir)) != NULL && n < max) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    tids[n++] = atoi(e->d_name);
+  }
+  closedir(dir);
+  return n;
+}
+
+static bool cap_tid_in(const int *tids, int n, int tid) {
+  for (int i = 0; i < n; i++) {
+    if (tids[i] == tid) return true;
+  }
+  return false;
+}
+
+static int64_t cap_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t cap_get_permitted(int *err) {
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  if (syscall(SYS_capget, &hdr, data) < 0) {
+    *err = errno;
+    return 0;
+  }
+  *err = 0;
+  return (uint64_t)data[0].permitted | ((uint64_t)data[1].permitted << 32);
+}
+
+static uint64_t cap_get_effective(void) {
+  struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+  struct __user_cap_data_struct data[2];
+  memset(data, 0, sizeof data);
+  if (syscall(SYS_capget, &hdr, data) < 0) return 0;
+  return (uint64_t)data[0].effective | ((uint64_t)data[1].effective << 32);
+}
+
+static int cap_last_cap(void) {
+  int last = 0;
+  while (last < 63 && syscall(SYS_prctl, PR_CAPBSET_READ, last + 1, 0, 0, 0) >= 0) last++;
+  return last;
+}
+
+static uint64_t cap_bounding(int last) {
+  uint64_t set = 0;
+  for (int cap = 0; cap <= last; cap++) {
+    if (syscall(SYS_prctl, PR_CAPBSET_READ, cap, 0, 0, 0) == 1) set |= 1ULL << cap;
+  }
+  return set;
+}
+
+struct cap_outcome {
+  const char *error_call;  // set when the broadcast itself could not run
+  int error_errno;
+  int self_step, self_err;
+  int threads;                            // threads that acknowledged, this one included
+  int failed_tids[CAP_MAX_THREADS];       // acknowledged with an error
+  int failed_steps[CAP_MAX_THREADS];
+  int failed_errs[CAP_MAX_THREADS];
+  int failed;
+  int silent_tids[CAP_MAX_THREADS];       // did not acknowledge before the deadline
+  int silent;
+};
+
+/** Signals every thread not yet done (round after round, for threads started meanwhile). */
+static void cap_broadcast(int sig, int64_t deadline, struct cap_outcome *out) {
+  static int done[CAP_MAX_THREADS], listed[CAP_MAX_THREADS], pending[CAP_MAX_THREADS];
+  int ndone = 0;
+  int self = (int)syscall(SYS_gettid);
+  done[ndone++] = self;
+  pid_t pid = getpid();
+  for (int round = 0; round < CAP_MAX_ROUNDS; round++) {
+    int nlisted = cap_list_threads(listed, CAP_MAX_THREADS);
+    if (nlisted < 0) {
+      out->error_call = "opendir(/proc/self/task)";
+      out->error_errno = errno;
+      return;
+    }
+    int npending = 0;
+    int first_slot = atomic_load(&cap_ack_count);
+    for (int i = 0; i < nlisted; i++) {
+      if (cap_tid_in(done, ndone, listed[i])) continue;
+      siginfo_t si;
+      memset(&si, 0, sizeof si);
+      si.si_signo = sig;
+      si.si_code = SI_QUEUE;
+      si.si_pid = pid;
+      si.si_uid = getuid();
+      si.si_value.sival_int = cap_plan.token;
+      if (syscall(SYS_rt_tgsigqueueinfo, pid, listed[i], sig, &si) < 0) {
+        if (errno == ESRCH) continue;  // the thread has exited
+        out->failed_tids[out->failed] = listed[i];
+        out->failed_steps[out->failed] = CAP_STEP_OK;
+        out->failed_errs[out->failed++] = errno;
+        done[ndone++] = listed[i];
+        continue;
+      }
+      pending[npending++] = listed[i];
+    }
+    if (npending == 0) return;
+    // Wait for this round's acknowledgements (or threads exiting).
+    for (;;) {
+      int acked = 0;
+      int count = atomic_load(&cap_ack_count);
+      for (int s = first_slot; s < count && s < CAP_MAX_THREADS; s++) {
+        if (atomic_load_explicit(&cap_acks[s].tid, memory_order_acquire) != 0) acked++;
+      }
+      if (acked >= npending) break;
+      if (cap_now_ms() > deadline) {
+        for (int i = 0; i < npending; i++) {
+          bool answered = false;
+          for (int s = first_slot; s < count && s < CAP_MAX_THREADS; s++) {
+            if (atomic_load_explicit(&cap_acks[s].tid, memory_order_acquire) == pending[i]) answered = true;
+          }
+          char path[64];
+          snprintf(path, sizeof path, "/proc/self/task/%d", pending[i]);
+          if (!answered && access(path, F_OK) == 0) out->silent_tids[out->silent++] = pending[i];
+        }
+        break;
+      }
+      // A thread that exited before handling its signal never answers: stop waiting for it.
+      int gone = 0;
+      for (int i = 0; i < npending; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/task/%d", pending[i]);
+        if (access(path, F_OK) != 0) gone++;
+      }
+      if (acked + gone >= npending) break;
+      struct timespec pause = {0, 200 * 1000};
+      nanosleep(&pause, NULL);
+    }
+    int count = atomic_load(&cap_ack_count);
+    for (int s = first_slot; s < count && s < CAP_MAX_THREADS; s++) {
+      int tid = atomic_load_explicit(&cap_acks[s].tid, memory_order_acquire);
+      if (tid == 0) continue;
+      out->threads++;
+      if (cap_acks[s].err != 0) {
+        out->failed_tids[out->failed] = tid;
+        out->failed_steps[out->failed] = cap_acks[s].step;
+        out->failed_errs[out->failed++] = cap_acks[s].err;
+      }
+    }
+    for (int i = 0; i < npending && ndone < CAP_MAX_THREADS; i++) done[ndone++] = pending[i];
+    if (out->silent > 0) return;
+  }
+}
+
+static bool set_bigint(napi_env env, napi_value obj, const char *key, uint64_t v) {
+  napi_value x;
+  NAPI_CHECK_BOOL(env, napi_create_bigint_uint64(env, v, &x));
+  NAPI_CHECK_BOOL(env, napi_set_named_property(env, obj, key, x));
+  return true;
+}
+
+static bool set_int(napi_env env, napi_value obj, const char *key, int64_t v) {
+  napi_value x;
+  NAPI_CHECK_BOOL(env, napi_create_int64(env, v, &x));
+  NAPI_CHECK_BOOL(env, napi_set_named_property(env, obj, key, x));
+  return true;
+}
+
+static bool set_str(napi_env env, napi_value obj, const char *key, const char *v) {
+  napi_value x;
+  NAPI_CHECK_BOOL(env, napi_create_string_utf8(env, v, NAPI_AUTO_LENGTH, &x));
+  NAPI_CHECK_BOOL(env, napi_set_named_property(env, obj, key, x));
+  return true;
+}
+
+static bool set_bool(napi_env env, napi_value obj, const char *key, bool v) {
+  napi_value x;
+  NAPI_CHECK_BOOL(env, napi_get_boolean(env, v, &x));
+  NAPI_CHECK_BOOL(env, napi_set_named_property(env, obj, key, x));
+  return true;
+}
+
+/**
+ * dropCapabilities(keep: bigint, deadlineMs) -> report
+ *
+ * On every thread of the process: bounding set reduced to `keep` (when CAP_SETPCAP allows),
+ * ambient and inheritable sets emptied, effective and permitted set to `keep` ∩ permitted,
+ * no_new_privs set. Never throws for a failed drop: the report says what happened
+ * ({ok, error?, kept, bounding, boundingReduced, threads, failed: [{tid, step, code}], silent: [tid]}).
+ */
+static napi_value drop_capabilities(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (!get_args(env, info, 2, argv)) return NULL;
+  uint64_t keep;
+  bool lossless;
+  if (napi_get_value_bigint_uint64(env, argv[0], &keep, &lossless) != napi_ok || !lossless) {
+    throw_arg(env, ARG_TYPE, "keep must be a bigint from 0 to 2^64-1");
+    return NULL;
+  }
+  int64_t deadline_ms;
+  if (!arg_int(env, argv[1], "deadlineMs", 1, 600000, &deadline_ms)) return NULL;
+
+  napi_value report, failed_arr, silent_arr;
+  NAPI_CHECK(env, napi_create_object(env, &report));
+  if (pthread_mutex_trylock(&cap_lock) != 0) {
+    if (!set_bool(env, report, "ok", false) || !set_str(env, report, "error", "another capability drop is in progress")) return NULL;
+    return report;
+  }
+  static struct cap_outcome out;
+  memset(&out, 0, sizeof out);
+  int perr;
+  uint64_t permitted = cap_get_permitted(&perr);
+  int last = cap_last_cap();
+  uint64_t before_bounding = cap_bounding(last);
+  cap_plan.keep = keep & permitted;
+  cap_plan.last_cap = last;
+  // CAP_SETPCAP (8) is needed to shrink the bounding set; without it, the set stays as it was
+  // given (a launcher's job: systemd CapabilityBoundingSet=, Kubernetes drop: [ALL]).
+  cap_plan.drop_bounding = (before_bounding & ~keep) != 0 && (cap_get_effective() & (1ULL << 8)) != 0;
+  cap_plan.token = (int)((uint32_t)getpid() * 2654435761u ^ (uint32_t)cap_now_ms()) | 1;
+  atomic_store(&cap_ack_count, 0);
+  for (int i = 0; i < CAP_MAX_THREADS; i++) atomic_store(&cap_acks[i].tid, 0);
+
+  int sig = SIGRTMIN - 1;
+  struct raw_sigaction ours, theirs;
+  bool installed = false;
+  if (perr != 0) {
+    out.error_call = "capget";
+    out.error_errno = perr;
+  } else {
+    int err = cap_make_action(&ours);
+    if (err != 0) {
+      out.error_call = "sigaction";
+      out.error_errno = err;
+    } else if (syscall(SYS_rt_sigaction, sig, &ours, &theirs, sizeof ours.mask) < 0) {
+      out.error_call = "rt_sigaction";
+      out.error_errno = errno;
+    } else {
+      installed = true;
+    }
+  }
+  if (installed) {
+    out.self_err = cap_drop_this_thread(&cap_plan, &out.self_step);
+    if (out.self_err == 0) {
+      out.threads = 1;
+      cap_broadcast(sig, cap_now_ms() + deadline_ms, &out);
+    }
+    if (out.silent == 0) syscall(SYS_rt_sigaction, sig, &theirs, NULL, sizeof theirs.mask);
+  }
+  uint64_t kept_eff = cap_get_effective();
+  uint64_t bounding = cap_bounding(last);
+  pthread_mutex_unlock(&cap_lock);
+
+  bool ok = out.error_call == NULL && out.self_err == 0 && out.failed == 0 && out.silent == 0;
+  if (!set_bool(env, report, "ok", ok)) return NULL;
+  if (out.error_call != NULL) {
+    char text[128], message[256];
+    snprintf(message, sizeof message, "%s: %s", out.error_call, strerror_r(out.error_errno, text, sizeof text));
+    if (!set_str(env, report, "error", message)) return NULL;
+  } else if (out.self_err != 0) {
+    char text[128], message[256];
+    snprintf(message, sizeof message, "%s on the calling thread: %s", cap_step_name(out.self_step),
+             strerror_r(out.self_err, text, sizeof text));
+    if (!set_str(env, report, "error", message)) return NULL;
+  }
+  if (!set_bigint(env, report, "kept", kept_eff) || !set_bigint(env, report, "bounding", bounding) ||
+      !set_bool(env, report, "boundingReduced", (bounding & ~keep) == 0) ||
+      !set_int(env, report, "threads", out.threads) || !set_int(env, report, "signal", sig)) {
+    return NULL;
+  }
+  NAPI_CHECK(env, napi_create_array_with_length(env, (size_t)out.failed, &failed_arr));
+  for (int i = 0; i < out.failed; i++) {
+    napi_value entry;
+    NAPI_CHECK(env, napi_create_object(env, &entry));
+    if (!set_int(env, entry, "tid", out.failed_tids[i]) ||
+        !set_str(env, entry, "step", out.failed_steps[i] == CAP_STEP_OK ? "signal" : cap_step_name(out.failed_steps[i])) ||
+        !set_str(env, entry, "code", errno_name(out.failed_errs[i]))) {
+      return NULL;
+    }
+    NAPI_CHECK(env, napi_set_element(env, failed_arr, (uint32_t)i, entry));
+  }
+  NAPI_CHECK(env, napi_set_named_property(env, report, "failed", failed_arr));
+  NAPI_CHECK(env, napi_create_array_with_length(env, (size_t)out.silent, &silent_arr));
+  for (int i = 0; i < out.silent; i++) {
+    napi_value tid;
+    NAPI_CHECK(env, napi_create_int32(env, out.silent_tids[i], &tid));
+    NAPI_CHECK(env, napi_set_element(env, silent_arr, (uint32_t)i, tid));
+  }
+  NAPI_CHECK(env, napi_set_named_property(env, report, "silent", silent_arr));
+  return report;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Registration                                                                               */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1097,6 +1532,7 @@ NAPI_MODULE_INIT() {
       EXPORT_FN("tapSetOffload", tap_set_offload),
       EXPORT_FN("checksum", checksum),
       EXPORT_FN("inNetns", in_netns),
+      EXPORT_FN("dropCapabilities", drop_capabilities),
   };
   if (napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions) !=
       napi_ok) {

@@ -1,0 +1,131 @@
+// The capability drop: the pure parts (--keep-caps, /proc status parsing, the per-thread check,
+// the plan), and the native drop in a child Node process with worker threads and the libuv pool
+// running, where every thread must end up with the kept set, and the C library's own use of the
+// borrowed signal (setgid across threads) must still work afterwards.
+
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import { describe, expect, it } from "vitest";
+import {
+  CAP_NET_ADMIN, CAP_SYS_ADMIN, capNames, netAdminMissing, parseKeepCaps, parseStatusCaps, planKeep, threadsNotAt,
+  type ThreadCaps,
+} from "../daemon/capabilities";
+import { parseDaemonConfig } from "../daemon/config";
+
+const execFileP = promisify(execFile);
+const ADDON = path.resolve(__dirname, "..", "build", "Release", "vxmesh_native.node");
+
+describe("--keep-caps", () => {
+  it("takes auto, all, or names (any case, cap_ prefix optional) that include net_admin", () => {
+    expect(parseKeepCaps("auto")).toEqual({ ok: true, value: { kind: "auto" } });
+    expect(parseKeepCaps("ALL")).toEqual({ ok: true, value: { kind: "all" } });
+    expect(parseKeepCaps("net_admin")).toEqual({ ok: true, value: { kind: "set", mask: CAP_NET_ADMIN } });
+    expect(parseKeepCaps("CAP_NET_ADMIN, sys_admin")).toEqual({ ok: true, value: { kind: "set", mask: CAP_NET_ADMIN | CAP_SYS_ADMIN } });
+  });
+
+  it("rejects unknown names and sets without net_admin, naming the flag and the value", () => {
+    const base = ["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--subnet", "10.244.1.0/24", "--peers", "p.json"];
+    const bad = parseDaemonConfig([...base, "--keep-caps", "net_admin,sys_admn"], {});
+    expect(bad.ok).toBe(false);
+    expect(!bad.ok && bad.error).toMatch(/^--keep-caps "net_admin,sys_admn" is not valid: expected auto, all, or .*"sys_admn" is not a capability/);
+    const without = parseDaemonConfig([...base, "--keep-caps", "sys_admin"], {});
+    expect(!without.ok && without.error).toMatch(/needs net_admin as long as it runs/);
+    const env = parseDaemonConfig(base, { VXMESH_KEEP_CAPS: "all" });
+    expect(env.ok && env.value.keepCaps).toEqual({ kind: "all" });
+    const dflt = parseDaemonConfig(base, {});
+    expect(dflt.ok && dflt.value.keepCaps).toEqual({ kind: "auto" });
+  });
+});
+
+describe("capability sets", () => {
+  const status = (eff: string, nnp = "1"): string =>
+    `Name:\tnode\nCapInh:\t0000000000000000\nCapPrm:\t${eff}\nCapEff:\t${eff}\nCapBnd:\t${eff}\nCapAmb:\t0000000000000000\nNoNewPrivs:\t${nnp}\nSeccomp:\t0\n`;
+
+  it("parses a status file and names the sets", () => {
+    const t = parseStatusCaps(7, status("0000000000201000")) as ThreadCaps;
+    expect(t).toEqual({ tid: 7, inheritable: 0n, permitted: 0x201000n, effective: 0x201000n, bounding: 0x201000n, ambient: 0n, noNewPrivs: true });
+    expect(capNames(t.effective)).toEqual(["net_admin", "sys_admin"]);
+    expect(parseStatusCaps(7, "Name:\tnode\n")).toBeUndefined();
+  });
+
+  it("groups the threads that differ from the expected sets", () => {
+    const ok = parseStatusCaps(1, status("0000000000001000")) as ThreadCaps;
+    const full = parseStatusCaps(2, status("000001fffeffffff", "0")) as ThreadCaps;
+    const full3 = { ...full, tid: 3 };
+    const want = { effective: CAP_NET_ADMIN, permitted: CAP_NET_ADMIN, bounding: CAP_NET_ADMIN };
+    expect(threadsNotAt([ok], want)).toEqual([]);
+    expect(threadsNotAt([ok, full, full3], want)).toEqual([
+      "threads 2 3: effective 0x1fffeffffff, permitted 0x1fffeffffff, bounding 0x1fffeffffff, no_new_privs unset (want net_admin)",
+    ]);
+  });
+
+  it("plans: auto keeps net_admin and sys_admin when held, and says what is lost without sys_admin", () => {
+    const root = 0x1fffeffffffn;
+    expect(planKeep({ kind: "auto" }, root)).toEqual({ keep: CAP_NET_ADMIN | CAP_SYS_ADMIN, notes: [] });
+    const nobody = planKeep({ kind: "auto" }, CAP_NET_ADMIN);
+    expect(nobody.keep).toBe(CAP_NET_ADMIN);
+    expect(nobody.notes.join()).toMatch(/without CAP_SYS_ADMIN the CNI handler cannot enter pod network namespaces/);
+    const asked = planKeep({ kind: "set", mask: CAP_NET_ADMIN | CAP_SYS_ADMIN }, CAP_NET_ADMIN);
+    expect(asked.notes.join()).toMatch(/names sys_admin, which the daemon does not hold/);
+  });
+
+  it("the start-up check asks for CAP_NET_ADMIN and says how to grant it", () => {
+    expect(netAdminMissing(CAP_NET_ADMIN)).toBeUndefined();
+    expect(netAdminMissing(0n)).toMatch(/^vxmesh daemon needs CAP_NET_ADMIN .* holds no capabilities\. .*AmbientCapabilities=CAP_NET_ADMIN/);
+  });
+});
+
+/**
+ * Runs in a child Node process (a drop cannot be undone, and the test runner's own process must
+ * keep its capabilities). Starts two worker threads and the libuv pool, drops to net_admin, and
+ * prints the report, every thread's sets, whether a thread blocks SIGRTMIN (why the drop needs
+ * the C library's reserved signal), and whether setgid, which glibc broadcasts to every thread
+ * with that same signal, still works afterwards.
+ */
+const CHILD = `
+const fs = require("node:fs");
+const { Worker } = require("node:worker_threads");
+const native = require(process.argv[1]);
+const workers = [0, 1].map(() => new Worker("setInterval(() => {}, 1000)", { eval: true }));
+fs.readFile("/proc/self/status", () => {});
+const threads = () => fs.readdirSync("/proc/self/task").map((tid) => {
+  const s = fs.readFileSync("/proc/self/task/" + tid + "/status", "utf8");
+  const get = (k) => (new RegExp("^" + k + ":\\\\s*(\\\\S+)", "m").exec(s) || [])[1];
+  return { tid: Number(tid), eff: get("CapEff"), prm: get("CapPrm"), bnd: get("CapBnd"), inh: get("CapInh"), amb: get("CapAmb"), nnp: get("NoNewPrivs"), blk: get("SigBlk") };
+});
+setTimeout(() => {
+  const before = threads();
+  const report = native.dropCapabilities(1n << 12n, 2000);
+  // A thread started after the drop inherits the creator's (reduced) sets.
+  const late = new Worker("setInterval(() => {}, 1000)", { eval: true });
+  late.once("online", () => {
+    let setgid = "ok";
+    try { process.setgid(process.getgid()); } catch (e) { setgid = e.code || e.message; }
+    const out = { report: { ...report, kept: String(report.kept), bounding: String(report.bounding) }, before, after: threads(), setgid };
+    fs.writeSync(1, JSON.stringify(out) + "\\n");
+    process.exit(0);
+  });
+}, 300);
+`;
+
+describe("dropCapabilities on every thread", () => {
+  it("leaves every thread of a Node process with exactly the kept set, and setgid still works", async () => {
+    const { stdout } = await execFileP(process.execPath, ["-e", CHILD, ADDON], { timeout: 30_000 });
+    const out = JSON.parse(stdout) as {
+      report: { ok: boolean; kept: string; bounding: string; boundingReduced: boolean; threads: number; signal: number; failed: unknown[]; silent: unknown[] };
+      before: { tid: number; blk: string }[];
+      after: { tid: number; eff: string; prm: string; bnd: string; inh: string; amb: string; nnp: string }[];
+      setgid: string;
+    };
+    expect(out.report).toMatchObject({ ok: true, kept: String(CAP_NET_ADMIN), bounding: String(CAP_NET_ADMIN), boundingReduced: true, signal: 33, failed: [], silent: [] });
+    expect(out.report.threads).toBe(out.before.length);
+    // Node's SIGUSR1 watchdog thread blocks every signal a program may block, SIGRTMIN (34) included.
+    expect(out.before.some((t) => (BigInt(`0x${t.blk}`) >> 33n) & 1n)).toBe(true);
+    expect(out.after.length).toBeGreaterThan(out.before.length);
+    for (const t of out.after) {
+      expect(t, `thread ${t.tid}`).toMatchObject({ eff: "0000000000001000", prm: "0000000000001000", bnd: "0000000000001000", inh: "0000000000000000", amb: "0000000000000000", nnp: "1" });
+    }
+    expect(out.setgid).toBe("ok");
+  }, 40_000);
+});
