@@ -1,5 +1,5 @@
 // The deployment files in deploy/ say what the daemon needs and agree with the code: the
-// DaemonSet manifest parses (PyYAML, every document), holds the kinds and fields the README
+// DaemonSet manifest parses (every document, with the `yaml` package the config file uses), holds the kinds and fields the README
 // relies on, its settings are valid daemon flags, its init container's flags are install-cni's;
 // the systemd unit has the hardening it claims, and `systemd-analyze verify` accepts it.
 
@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { parseAllDocuments } from "yaml";
 import { cliPath, packageRoot } from "../bench/cluster";
 import { daemonFlags, parseDaemonConfig } from "../daemon/config";
 import { envName, parseFlags } from "../daemon/flags";
@@ -20,9 +21,10 @@ const DEPLOY = join(packageRoot(), "deploy");
 type Doc = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- parsed YAML, checked field by field
 
 async function loadYaml(file: string): Promise<Doc[]> {
-  const script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
-  const { stdout } = await execFileP("python3", ["-c", script, file]);
-  return JSON.parse(stdout) as Doc[];
+  // YAML 1.1, as Kubernetes reads it (0400 is octal there).
+  const docs = parseAllDocuments(readFileSync(file, "utf8"), { version: "1.1" });
+  for (const d of docs) if (d.errors.length > 0) throw new Error(`${file}: ${d.errors.map((e) => e.message).join("; ")}`);
+  return docs.map((d) => d.toJS() as Doc);
 }
 
 const DAEMON_ENV = new Set(Object.values(daemonFlags).map((f) => envName(f.name)));
