@@ -15,6 +15,48 @@ export const sumJs: SumFn = (slab, off, len, initial) => {
   return fold(sum);
 };
 
+/**
+ * Sums many spans in one call: for i < count, sums[i] = SumFn(slab, offs[i], lens[i], sums[i]).
+ * The native shim's checksumMany; a batch of segments pays the N-API call once.
+ */
+export type SumManyFn = (slab: Uint8Array, offs: Uint32Array, lens: Uint32Array, sums: Uint32Array, count: number) => void;
+
+/** A SumManyFn made of a SumFn, for tests and as the reference. */
+export function sumManyWith(sum: SumFn): SumManyFn {
+  return (slab, offs, lens, sums, count) => {
+    for (let i = 0; i < count; i++) sums[i] = sum(slab, offs[i] as number, lens[i] as number, sums[i] as number);
+  };
+}
+
+/** Reusable span lists for a SumManyFn: fill with add(), run, read sums[i]. */
+export class ChecksumSpans {
+  readonly offs: Uint32Array;
+  readonly lens: Uint32Array;
+  readonly sums: Uint32Array;
+  count = 0;
+
+  constructor(readonly capacity: number) {
+    this.offs = new Uint32Array(capacity);
+    this.lens = new Uint32Array(capacity);
+    this.sums = new Uint32Array(capacity);
+  }
+
+  /** Adds a span with its initial sum; returns its index, or -1 when full. */
+  add(off: number, len: number, initial: number): number {
+    const i = this.count;
+    if (i === this.capacity) return -1;
+    this.offs[i] = off;
+    this.lens[i] = len;
+    this.sums[i] = initial;
+    this.count = i + 1;
+    return i;
+  }
+
+  run(sumMany: SumManyFn, slab: Uint8Array): void {
+    if (this.count > 0) sumMany(slab, this.offs, this.lens, this.sums, this.count);
+  }
+}
+
 export function fold(sum: number): number {
   while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
   return sum;

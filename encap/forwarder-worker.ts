@@ -34,7 +34,7 @@ function main(): void {
 
   const pump = data.offload
     ? offloadPump(native, data, new OffloadCore({ ...data.core, tapBatch: data.offload.tapBatch, rxBatch: data.offload.rxBatch },
-      initial.table, counters, native.checksum), counters)
+      initial.table, counters, native.checksumMany), counters)
     : plainPump(native, data, new ForwarderCore(data.core, initial.table, counters), counters);
 
   const fds = Int32Array.of(data.tapFd, data.udpFd, data.wakeFd);

@@ -6,6 +6,8 @@ import { readMac } from "./types";
 
 export const ETH_HEADER_LEN = 14;
 export const ETHERTYPE_IPV4 = 0x0800;
+export const IPPROTO_TCP = 6;
+export const IPPROTO_UDP = 17;
 export const ETHERTYPE_ARP = 0x0806;
 export const ETHERTYPE_IPV6 = 0x86dd;
 

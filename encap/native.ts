@@ -94,6 +94,12 @@ export interface NativeShim {
   checksum(slab: Uint8Array, off: number, len: number, initial: number): number;
 
   /**
+   * checksum() for many spans in one call: for i < count, sums[i] becomes the sum of
+   * slab[offs[i] .. offs[i]+lens[i]) added to the initial value sums[i] held.
+   */
+  checksumMany(slab: Uint8Array, offs: Uint32Array, lens: Uint32Array, sums: Uint32Array, count: number): void;
+
+  /**
    * poll(2) for POLLIN on each fd, waiting at most timeoutMs (-1 forever). Writes revents to
    * revents[i] (nonzero means readable or error/hangup). Returns the number of ready fds,
    * 0 on timeout; EINTR counts as 0.

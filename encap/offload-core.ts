@@ -9,14 +9,15 @@
 //   segment areas    tapBatch × segStride: a super-frame's segments as back-to-back datagrams
 //   receive slots    rxBatch × rxStride: a datagram or a UDP_GRO run of them
 
-import type { SumFn } from "./checksum";
+import { ChecksumSpans, pseudoHeaderSum, type SumManyFn } from "./checksum";
+import { readU16, writeU16 } from "./bytes";
 import { BatchSource, Counter, PeerCounter, countBatch } from "./counters";
 import type { ForwardingTable } from "./fdb";
 import { acceptDatagram, newSendQueues, routeFrame, TRUNCATED, type SendQueue } from "./forwarder-core";
-import { ETH_HEADER_LEN, flowHash } from "./frame";
+import { ETH_HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, flowHash } from "./frame";
 import {
   TcpCoalescer, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
-  VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, completeChecksum, readVnetHeader, segmentTcp4,
+  VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN, partialChecksumFits, readVnetHeader, segmentTcp4,
   segmentsPerSend, tcp4HeaderLength, writeVnetHeader, MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD, type SegmentPlan, type VnetHeader,
 } from "./offload";
 import type { Vni } from "./types";
@@ -35,6 +36,16 @@ export interface OffloadCoreOptions {
 }
 
 const MAX_FRAME_BYTES = 65535 + ETH_HEADER_LEN;
+/** Segments a super-frame may be cut into; more is refused (and counted as bad offload). */
+const MAX_SEGMENTS_PER_FRAME = 1024;
+/** Datagrams per receive entry checked for merging; later ones in a longer run go out alone. */
+const MAX_VERIFIED_PER_ENTRY = 1024;
+const PARTIAL_NONE = 0;
+const PARTIAL_DONE = 1;
+const PARTIAL_BAD = 2;
+const MERGE_NONE = 0;
+const MERGE_TCP = 1;
+const MERGE_UDP = 2;
 /** Sends per super-frame we leave room for (a 64 KB frame at MSS ≥ 536 needs at most 3). */
 const SENDS_PER_FRAME = 4;
 
@@ -81,6 +92,18 @@ export class OffloadCore {
 
   private readonly vh: VnetHeader = { flags: 0, gsoType: 0, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
   private readonly plan: SegmentPlan = { segSize: 0, segments: 0, totalBytes: 0 };
+  /** Checksums of a super-frame's segments, summed in one call. */
+  private readonly segmentSpans = new ChecksumSpans(MAX_SEGMENTS_PER_FRAME);
+  // Plain TAP frames whose checksum the kernel left partial: summed in one call per batch
+  // before any frame moves. partialState[i]: PARTIAL_NONE, _DONE or _BAD (offsets outside it).
+  private readonly partialSpans: ChecksumSpans;
+  private readonly partialField: Uint32Array;
+  private readonly partialState: Uint8Array;
+  // Per datagram of the receive entry being decapsulated: whether it may join a super-frame
+  // (its TCP or UDP checksum verified; summed in one call per entry) and its header length.
+  private readonly rxSpans = new ChecksumSpans(MAX_VERIFIED_PER_ENTRY);
+  private readonly rxKind = new Uint8Array(MAX_VERIFIED_PER_ENTRY);
+  private readonly rxHdrLen = new Uint16Array(MAX_VERIFIED_PER_ENTRY);
   private readonly tcpCoalescer: TcpCoalescer;
   private readonly udpCoalescer: UdpCoalescer;
 
@@ -88,7 +111,7 @@ export class OffloadCore {
     options: OffloadCoreOptions,
     public table: ForwardingTable,
     readonly counters: Float64Array,
-    private readonly sum: SumFn,
+    private readonly sumMany: SumManyFn,
   ) {
     this.vni = options.vni;
     this.port = options.port;
@@ -121,8 +144,11 @@ export class OffloadCore {
     this.writeOffs = new Uint32Array(writes);
     this.writeLens = new Uint32Array(writes);
     this.writeHdrs = new Uint8Array(writes * VNET_HDR_LEN);
-    this.tcpCoalescer = new TcpCoalescer(sum);
-    this.udpCoalescer = new UdpCoalescer(sum);
+    this.tcpCoalescer = new TcpCoalescer();
+    this.udpCoalescer = new UdpCoalescer();
+    this.partialSpans = new ChecksumSpans(this.tapBatch);
+    this.partialField = new Uint32Array(this.tapBatch);
+    this.partialState = new Uint8Array(this.tapBatch);
   }
 
   /**
@@ -143,6 +169,7 @@ export class OffloadCore {
     }
     c[Counter.TapReadBatches]! += 1;
     countBatch(c, BatchSource.Tap, count);
+    this.completePartialChecksums(count);
     let out = 0;
     for (let i = 0; i < count; i++) {
       const slot = this.tapBase + i * this.tapStride;
@@ -161,7 +188,7 @@ export class OffloadCore {
       const queue = queues[q] as SendQueue;
 
       if (gso === VIRTIO_NET_HDR_GSO_NONE) {
-        if ((vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && !completeChecksum(slab, frame, flen, vh.csumStart, vh.csumOffset, this.sum)) {
+        if (this.partialState[i] === PARTIAL_BAD) {
           c[Counter.DropBadOffload]! += 1;
           continue;
         }
@@ -179,7 +206,7 @@ export class OffloadCore {
       }
       this.runEntry[q] = -1;
       const segOut = this.segBase + i * this.segStride;
-      if (gso !== VIRTIO_NET_HDR_GSO_TCPV4 || !segmentTcp4(slab, frame, flen, vh.gsoSize, segOut, this.segStride, 0, this.sum, plan)) {
+      if (gso !== VIRTIO_NET_HDR_GSO_TCPV4 || !segmentTcp4(slab, frame, flen, vh.gsoSize, segOut, this.segStride, 0, this.sumMany, this.segmentSpans, plan)) {
         c[Counter.DropBadOffload]! += 1;
         continue;
       }
@@ -200,6 +227,36 @@ export class OffloadCore {
       }
     }
     return out;
+  }
+
+  /**
+   * Finishes the checksums the kernel left partial in the batch's plain frames, all summed in
+   * one call, and notes in partialState which frames had offsets that do not fit.
+   */
+  private completePartialChecksums(count: number): void {
+    const slab = this.slab;
+    const vh = this.vh;
+    const spans = this.partialSpans;
+    spans.count = 0;
+    for (let i = 0; i < count; i++) {
+      this.partialState[i] = PARTIAL_NONE;
+      const slot = this.tapBase + i * this.tapStride;
+      const len = this.tapLens[i] as number;
+      if (len === TRUNCATED || len < VNET_HDR_LEN) continue;
+      readVnetHeader(slab, slot, vh);
+      if ((vh.gsoType & ~VIRTIO_NET_HDR_GSO_ECN) !== VIRTIO_NET_HDR_GSO_NONE || (vh.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) === 0) continue;
+      const frame = slot + VNET_HDR_LEN;
+      const flen = len - VNET_HDR_LEN;
+      if (!partialChecksumFits(flen, vh.csumStart, vh.csumOffset)) {
+        this.partialState[i] = PARTIAL_BAD;
+        continue;
+      }
+      this.partialState[i] = PARTIAL_DONE;
+      this.partialField[spans.count] = frame + vh.csumStart + vh.csumOffset;
+      spans.add(frame + vh.csumStart, flen - vh.csumStart, 0);
+    }
+    spans.run(this.sumMany, slab);
+    for (let k = 0; k < spans.count; k++) writeU16(slab, this.partialField[k] as number, ~(spans.sums[k] as number) & 0xffff);
   }
 
   /**
@@ -272,7 +329,8 @@ export class OffloadCore {
         c[Counter.DropRunt]! += 1;
         continue;
       }
-      for (let off = slot; off < slot + len; off += seg) {
+      this.verifyForMerging(slot, len, seg);
+      for (let off = slot, k = 0; off < slot + len; off += seg, k++) {
         const dlen = Math.min(seg, slot + len - off);
         if (w >= this.writeOffs.length - 1) {
           c[Counter.DropTapQueueFull]! += 1;
@@ -281,18 +339,13 @@ export class OffloadCore {
         if (!acceptDatagram(c, table, this.vni, slab, off, dlen, srcIp, this.maxFrame)) continue;
         const frame = off + VXLAN_HEADER_LEN;
         const flen = dlen - VXLAN_HEADER_LEN;
-        const tcpHdr = tcp4HeaderLength(slab, frame, flen);
-        if (tcpHdr > 0 && flen > tcpHdr && tco.checksumValid(slab, frame, flen)) {
-          if (tco.offer(slab, frame, flen, tcpHdr)) continue;
+        const merge = k < MAX_VERIFIED_PER_ENTRY ? this.rxKind[k] as number : MERGE_NONE;
+        if (merge !== MERGE_NONE) {
+          const co = merge === MERGE_TCP ? tco : uco;
+          const hdrLen = this.rxHdrLen[k] as number;
+          if (co.offer(slab, frame, flen, hdrLen)) continue;
           w = this.flush(w);
-          tco.open(slab, frame, flen, tcpHdr);
-          continue;
-        }
-        const udpHdr = udp4HeaderLength(slab, frame, flen);
-        if (udpHdr > 0 && uco.checksumValid(slab, frame, flen)) {
-          if (uco.offer(slab, frame, flen, udpHdr)) continue;
-          w = this.flush(w);
-          uco.open(slab, frame, flen, udpHdr);
+          co.open(slab, frame, flen, hdrLen);
           continue;
         }
         w = this.flush(w);
@@ -305,6 +358,41 @@ export class OffloadCore {
       w = this.flush(w);
     }
     return w;
+  }
+
+  /**
+   * For each datagram of the receive entry at slab[slot .. slot+len) (cut at `seg`), notes in
+   * rxKind/rxHdrLen whether it is a TCP segment with payload or a UDP datagram whose checksum
+   * verifies, all summed in one call. Merged datagrams lose their own checksums, so only
+   * verified ones may merge; the rest go out as they came, for the pod's stack to judge.
+   */
+  private verifyForMerging(slot: number, len: number, seg: number): void {
+    const slab = this.slab;
+    const spans = this.rxSpans;
+    spans.count = 0;
+    let k = 0;
+    for (let off = slot; off < slot + len && k < MAX_VERIFIED_PER_ENTRY; off += seg, k++) {
+      this.rxKind[k] = MERGE_NONE;
+      const dlen = Math.min(seg, slot + len - off);
+      if (dlen <= VXLAN_HEADER_LEN) continue;
+      const frame = off + VXLAN_HEADER_LEN;
+      const flen = dlen - VXLAN_HEADER_LEN;
+      const ip = frame + ETH_HEADER_LEN;
+      const tcpHdr = tcp4HeaderLength(slab, frame, flen);
+      const udpHdr = tcpHdr > 0 ? 0 : udp4HeaderLength(slab, frame, flen);
+      if (tcpHdr > 0 ? flen === tcpHdr : udpHdr === 0) continue;
+      const ihl = ((slab[ip] as number) & 0x0f) * 4;
+      const l4 = flen - ETH_HEADER_LEN - ihl;
+      if (readU16(slab, ip + 2) !== ihl + l4) continue;
+      this.rxKind[k] = tcpHdr > 0 ? MERGE_TCP : MERGE_UDP;
+      this.rxHdrLen[k] = tcpHdr > 0 ? tcpHdr : udpHdr;
+      spans.add(ip + ihl, l4, pseudoHeaderSum(slab, ip, tcpHdr > 0 ? IPPROTO_TCP : IPPROTO_UDP, l4));
+    }
+    spans.run(this.sumMany, slab);
+    for (let j = 0, n = 0; j < k; j++) {
+      if (this.rxKind[j] === MERGE_NONE) continue;
+      if (spans.sums[n++] !== 0xffff) this.rxKind[j] = MERGE_NONE;
+    }
   }
 
   /** Emits the open super-frame, if any (at most one coalescer is open at a time). */

@@ -6,8 +6,8 @@
 // to the TAP with a virtio_net_hdr saying GSO TCPv4. Pure functions over slabs; no I/O.
 
 import { readU16, readU32, writeU16, writeU32 } from "./bytes";
-import { fold, pseudoHeaderSum, writeIpv4HeaderChecksum, type SumFn } from "./checksum";
-import { ETH_HEADER_LEN, ETHERTYPE_IPV4, etherType } from "./frame";
+import { fold, pseudoHeaderSum, writeIpv4HeaderChecksum, type ChecksumSpans, type SumManyFn } from "./checksum";
+import { ETH_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_TCP, etherType } from "./frame";
 
 /** struct virtio_net_hdr (without num_buffers): the TAP's default vnet header size. */
 export const VNET_HDR_LEN = 10;
@@ -20,7 +20,6 @@ export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 export const TUN_F_CSUM = 0x01;
 export const TUN_F_TSO4 = 0x02;
 
-const IPPROTO_TCP = 6;
 const TCP_FLAG_FIN = 0x01;
 const TCP_FLAG_PSH = 0x08;
 const TCP_FLAG_CWR = 0x80;
@@ -59,16 +58,12 @@ export function writeVnetHeader(slab: Uint8Array, off: number, flags: number, gs
 }
 
 /**
- * Finishes a checksum the kernel left partial (VIRTIO_NET_HDR_F_NEEDS_CSUM): the field at
- * csumStart + csumOffset holds the pseudo-header sum; the sum runs from csumStart to the end.
- * Returns false when the offsets do not fit the frame.
+ * Whether a checksum the kernel left partial (VIRTIO_NET_HDR_F_NEEDS_CSUM) fits a frame of
+ * `len` bytes: the field at csumStart + csumOffset holds the pseudo-header sum, and the sum runs
+ * from csumStart to the end of the frame.
  */
-export function completeChecksum(slab: Uint8Array, frame: number, len: number, csumStart: number, csumOffset: number, sum: SumFn): boolean {
-  const field = csumStart + csumOffset;
-  if (csumStart >= len || field + 2 > len) return false;
-  const s = sum(slab, frame + csumStart, len - csumStart, 0);
-  writeU16(slab, frame + field, ~s & 0xffff);
-  return true;
+export function partialChecksumFits(len: number, csumStart: number, csumOffset: number): boolean {
+  return csumStart < len && csumStart + csumOffset + 2 <= len;
 }
 
 /** Where the headers of an Ethernet + IPv4 + TCP frame end; 0 if it is not one we can segment. */
@@ -102,7 +97,8 @@ export interface SegmentPlan {
  * frame cannot be segmented or would not fit in outCapacity bytes (the caller drops and
  * counts it).
  */
-export function segmentTcp4(slab: Uint8Array, frame: number, len: number, mss: number, out: number, outCapacity: number, vxlanHdr: number, sum: SumFn, plan: SegmentPlan): boolean {
+export function segmentTcp4(slab: Uint8Array, frame: number, len: number, mss: number, out: number, outCapacity: number, vxlanHdr: number,
+  sumMany: SumManyFn, spans: ChecksumSpans, plan: SegmentPlan): boolean {
   const hdrLen = tcp4HeaderLength(slab, frame, len);
   if (hdrLen === 0 || mss === 0) return false;
   const ip = frame + ETH_HEADER_LEN;
@@ -113,11 +109,12 @@ export function segmentTcp4(slab: Uint8Array, frame: number, len: number, mss: n
   const segments = Math.max(1, Math.ceil(payload / mss));
   const segSize = 8 + hdrLen + mss;
   const totalBytes = segments * (8 + hdrLen) + payload;
-  if (totalBytes > outCapacity) return false;
+  if (totalBytes > outCapacity || segments > spans.capacity) return false;
   const id0 = readU16(slab, ip + 4);
   const seq0 = readU32(slab, tcp + 4);
   const flags = slab[tcp + 13] as number;
 
+  spans.count = 0;
   for (let k = 0; k < segments; k++) {
     const chunk = k === segments - 1 ? payload - k * mss : mss;
     const d = out + k * segSize;
@@ -136,9 +133,11 @@ export function segmentTcp4(slab: Uint8Array, frame: number, len: number, mss: n
     slab[dtcp + 13] = f;
     slab[dtcp + 16] = 0;
     slab[dtcp + 17] = 0;
-    const s = sum(slab, dtcp, thl + chunk, pseudoHeaderSum(slab, dip, IPPROTO_TCP, thl + chunk));
-    writeU16(slab, dtcp + 16, ~s & 0xffff);
+    spans.add(dtcp, thl + chunk, pseudoHeaderSum(slab, dip, IPPROTO_TCP, thl + chunk));
   }
+  // Every segment's TCP checksum in one call.
+  spans.run(sumMany, slab);
+  for (let k = 0; k < segments; k++) writeU16(slab, (spans.offs[k] as number) + 16, ~(spans.sums[k] as number) & 0xffff);
   plan.segSize = segSize;
   plan.segments = segments;
   plan.totalBytes = totalBytes;
@@ -151,7 +150,8 @@ export function segmentsPerSend(segSize: number): number {
 }
 
 /**
- * Merges consecutive TCPv4 segments of one flow, in place within one receive slot. Feed it
+ * Merges consecutive TCPv4 segments of one flow, in place within one receive slot; only
+ * segments whose checksum verified may be fed (merged ones lose theirs). Feed it
  * frames in order with `offer`; it answers whether the frame joined the open super-frame.
  * `close` finalizes the open one (IP length and checksum, TCP pseudo-header sum for
  * NEEDS_CSUM, the virtio_net_hdr). Reused across batches; allocates nothing per packet.
@@ -168,8 +168,6 @@ export class TcpCoalescer {
   private mss = 0;
   private nextSeq = 0;
   private closedForMore = false;
-
-  constructor(private readonly sum: SumFn) {}
 
   /** Begins a super-frame with an eligible segment (see eligible()). */
   open(slab: Uint8Array, frame: number, len: number, hdrLen: number): void {
@@ -247,14 +245,5 @@ export class TcpCoalescer {
         ETH_HEADER_LEN + this.ihl, 16);
     }
     this.start = -1;
-  }
-
-  /** True when the TCP checksum of the segment verifies (merged segments lose theirs). */
-  checksumValid(slab: Uint8Array, frame: number, len: number): boolean {
-    const ip = frame + ETH_HEADER_LEN;
-    const ihl = ((slab[ip] as number) & 0x0f) * 4;
-    const l4 = len - ETH_HEADER_LEN - ihl;
-    if (readU16(slab, ip + 2) !== ihl + l4) return false;
-    return this.sum(slab, ip + ihl, l4, pseudoHeaderSum(slab, ip, IPPROTO_TCP, l4)) === 0xffff;
   }
 }

@@ -5,12 +5,11 @@
 // the original datagrams (same payloads, fresh lengths and checksums) before the pod sees it.
 
 import { readU16, writeU16 } from "./bytes";
-import { fold, pseudoHeaderSum, writeIpv4HeaderChecksum, type SumFn } from "./checksum";
-import { ETH_HEADER_LEN, ETHERTYPE_IPV4, etherType } from "./frame";
+import { fold, pseudoHeaderSum, writeIpv4HeaderChecksum } from "./checksum";
+import { ETH_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_UDP, etherType } from "./frame";
 import { MAX_GSO_SEGMENTS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, writeVnetHeader } from "./offload";
 
 export const VIRTIO_NET_HDR_GSO_UDP_L4 = 5;
-const IPPROTO_UDP = 17;
 const UDP_HEADER_LEN = 8;
 const MAX_IPV4_TOTAL = 65535;
 const IP_FLAG_DF = 0x40;
@@ -37,7 +36,7 @@ export function udp4HeaderLength(slab: Uint8Array, frame: number, len: number): 
 
 /**
  * Feed it frames in order: `open` starts a super-frame with an eligible datagram (see
- * udp4HeaderLength and checksumValid), `offer` answers whether the next one joined, `close`
+ * udp4HeaderLength; its checksum must verify), `offer` answers whether the next one joined, `close`
  * finalizes it. Works in place within one receive slot; allocates nothing per packet.
  */
 export class UdpCoalescer {
@@ -52,8 +51,6 @@ export class UdpCoalescer {
   private payloadSize = 0;
   private nextId = 0;
   private closedForMore = false;
-
-  constructor(private readonly sum: SumFn) {}
 
   open(slab: Uint8Array, frame: number, len: number, hdrLen: number): void {
     const ip = frame + ETH_HEADER_LEN;
@@ -120,13 +117,5 @@ export class UdpCoalescer {
         this.payloadSize, ETH_HEADER_LEN + this.ihl, 6);
     }
     this.start = -1;
-  }
-
-  /** True when the UDP checksum of the datagram verifies (merged datagrams lose theirs). */
-  checksumValid(slab: Uint8Array, frame: number, len: number): boolean {
-    const ip = frame + ETH_HEADER_LEN;
-    const ihl = ((slab[ip] as number) & 0x0f) * 4;
-    const l4 = len - ETH_HEADER_LEN - ihl;
-    return this.sum(slab, ip + ihl, l4, pseudoHeaderSum(slab, ip, IPPROTO_UDP, l4)) === 0xffff;
   }
 }

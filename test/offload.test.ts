@@ -7,7 +7,7 @@ import { ForwardingTable, type Peer } from "../encap/fdb";
 import { loadNative } from "../encap/native";
 import {
   VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR_LEN,
-  completeChecksum, readVnetHeader, writeVnetHeader, type VnetHeader,
+  partialChecksumFits, readVnetHeader, writeVnetHeader, type VnetHeader,
 } from "../encap/offload";
 import type { SendQueue } from "../encap/forwarder-core";
 import { OffloadCore } from "../encap/offload-core";
@@ -39,7 +39,7 @@ function makeCore(peer: Peer = PEER): OffloadCore {
   const built = ForwardingTable.build([peer], [PEER_SLOT]);
   if (!built.ok) throw new Error(built.error);
   return new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 4, rxBatch: 4, sourcePorts: 1 }, built.table,
-    newCounterView(), sum);
+    newCounterView(), native.checksumMany);
 }
 
 /** Ethernet + IPv4 + TCP (with 12 bytes of options) + payload; checksums valid. */
@@ -137,6 +137,22 @@ function ipChecksumOk(buf: Uint8Array, frame: number): boolean {
 }
 
 describe("native checksum", () => {
+  it("checksumMany equals one checksum per span", () => {
+    fc.assert(fc.property(fc.uint8Array({ minLength: 1, maxLength: 4000 }), fc.array(fc.tuple(fc.nat(), fc.nat(), fc.nat(0x1ffff)), { maxLength: 40 }),
+      (bytes, raw) => {
+        const spans = raw.map(([a, b, initial]) => {
+          const off = a % bytes.length;
+          return { off, len: b % (bytes.length - off + 1), initial };
+        });
+        const offs = Uint32Array.from(spans, (x) => x.off);
+        const lens = Uint32Array.from(spans, (x) => x.len);
+        const sums = Uint32Array.from(spans, (x) => x.initial);
+        native.checksumMany(bytes, offs, lens, sums, spans.length);
+        expect(Array.from(sums)).toEqual(spans.map((x) => sumJs(bytes, x.off, x.len, x.initial)));
+      }), { numRuns: 300 });
+    expect(() => native.checksumMany(new Uint8Array(10), Uint32Array.of(8), Uint32Array.of(4), new Uint32Array(1), 1)).toThrow(/overruns/);
+  });
+
   it("equals the RFC 1071 reference for any span and initial value", () => {
     fc.assert(fc.property(fc.uint8Array({ minLength: 0, maxLength: 3000 }), fc.nat(40), fc.nat(0xffff), (bytes, skip, initial) => {
       const off = Math.min(skip, bytes.length);
@@ -268,7 +284,7 @@ describe("fast path: segmentation and coalescing", () => {
       const other: Peer = { ...PEER, name: "n3", underlayIp: 0xc000020d as Ipv4, subnet: subnet("10.244.3.0/24"), vtepMac: vtepMacFor("n3") };
       const built = ForwardingTable.build([PEER, other]);
       if (!built.ok) throw new Error(built.error);
-      const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 64, rxBatch: 64, sourcePorts: 1 }, built.table, newCounterView(), sum);
+      const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 64, rxBatch: 64, sourcePorts: 1 }, built.table, newCounterView(), native.checksumMany);
       const frames = specs.map((sp, i) => {
         const payload = new Uint8Array(sp.size).map((_, j) => (i * 7 + j) & 0xff);
         return udpFrame(sp.toPeer ? PEER.vtepMac : other.vtepMac, LOCAL_MAC, DST, SRC, 100 + i, sp.flow, payload, sp.df);
@@ -306,7 +322,7 @@ describe("fast path: segmentation and coalescing", () => {
       // the kernel cuts them, they are the datagrams that were sent (ids aside where DF is set).
       const mirror = ForwardingTable.build([MIRROR]);
       if (!mirror.ok) throw new Error(mirror.error);
-      const rx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 1, rxBatch: 64, sourcePorts: 1 }, mirror.table, newCounterView(), sum);
+      const rx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 1, rxBatch: 64, sourcePorts: 1 }, mirror.table, newCounterView(), native.checksumMany);
       let n = 0;
       for (let e = 0; e < q.count; e++) {
         if (q.ips[e] !== PEER.underlayIp) continue;
@@ -348,7 +364,7 @@ describe("fast path: segmentation and coalescing", () => {
     }), { numRuns: 200 });
 
     // And it does batch: ten equal datagrams of one flow are one send and one TAP write.
-    const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 16, rxBatch: 1, sourcePorts: 1 }, makeCore().table, newCounterView(), sum);
+    const tx = new OffloadCore({ vni: VNI, port: 4789, mtu: 1450, tapBatch: 16, rxBatch: 1, sourcePorts: 1 }, makeCore().table, newCounterView(), native.checksumMany);
     for (let i = 0; i < 10; i++) {
       const f = udpFrame(PEER.vtepMac, LOCAL_MAC, DST, SRC, i, 40001, new Uint8Array(18).fill(i));
       const slot = tx.tapBase + i * tx.tapStride;
@@ -386,8 +402,15 @@ describe("fast path: segmentation and coalescing", () => {
     expect(q.segSizes[0]).toBe(0);
     expect(q.offs[0]).toBe(slot + VNET_HDR_LEN - 8);
     expect(readU16(core.slab, q.offs[0]! + 8 + 34 + 16)).toBe(good);
-    // Offsets past the frame are refused, not written out of bounds.
-    expect(completeChecksum(f, 0, f.length, f.length, 16, sum)).toBe(false);
+    // Offsets past the frame are refused, not written out of bounds: dropped and counted.
+    expect(partialChecksumFits(f.length, f.length, 16)).toBe(false);
+    expect(partialChecksumFits(f.length, 34, f.length - 34 - 1)).toBe(false);
+    const bad = makeCore();
+    writeVnetHeader(bad.slab, slot, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, 0, 0, f.length - 1, 16);
+    bad.slab.set(f, slot + VNET_HDR_LEN);
+    bad.tapLens[0] = f.length + VNET_HDR_LEN;
+    expect(bad.encapsulate(1)).toBe(0);
+    expect(bad.counters[Counter.DropBadOffload]).toBe(1);
   });
 });
 
