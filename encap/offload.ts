@@ -150,36 +150,102 @@ export function segmentsPerSend(segSize: number): number {
 }
 
 /**
- * Merges consecutive TCPv4 segments of one flow, in place within one receive slot; only
- * segments whose checksum verified may be fed (merged ones lose theirs). Feed it
- * frames in order with `offer`; it answers whether the frame joined the open super-frame.
- * `close` finalizes the open one (IP length and checksum, TCP pseudo-header sum for
- * NEEDS_CSUM, the virtio_net_hdr). Reused across batches; allocates nothing per packet.
+ * What merging consecutive packets of one flow in place (within one receive slot) shares,
+ * whatever the protocol: the open super-frame's place, length and segment count, the header
+ * comparison, moving payload, and finishing the IP header and virtio_net_hdr. Only packets whose
+ * checksum verified may be fed (merged ones lose theirs). Reused across batches; allocates
+ * nothing per packet.
  */
-export class TcpCoalescer {
+export abstract class InPlaceCoalescer {
   /** Frame offset of the open super-frame, -1 if none. */
   start = -1;
   /** Bytes of the open super-frame so far. */
   length = 0;
-  /** Segments merged into it. */
+  /** Packets merged into it. */
   segments = 0;
-  private hdrLen = 0;
-  private ihl = 0;
-  private mss = 0;
-  private nextSeq = 0;
-  private closedForMore = false;
+  protected hdrLen = 0;
+  protected ihl = 0;
+  /** Payload bytes of the first packet: the GSO size; only the last may be shorter. */
+  protected segSize = 0;
+  protected closedForMore = false;
 
-  /** Begins a super-frame with an eligible segment (see eligible()). */
-  open(slab: Uint8Array, frame: number, len: number, hdrLen: number): void {
+  protected abstract readonly protocol: number;
+  protected abstract readonly gsoType: number;
+  /** Where the checksum field lies in the transport header. */
+  protected abstract readonly csumOffset: number;
+
+  /** Begins a super-frame with an eligible packet; returns the offset of its IP header. */
+  protected begin(slab: Uint8Array, frame: number, len: number, hdrLen: number): number {
     const ip = frame + ETH_HEADER_LEN;
     this.start = frame;
     this.length = len;
     this.segments = 1;
     this.hdrLen = hdrLen;
     this.ihl = ((slab[ip] as number) & 0x0f) * 4;
-    this.mss = len - hdrLen;
-    const tcp = ip + this.ihl;
-    this.nextSeq = (readU32(slab, tcp + 4) + this.mss) >>> 0;
+    this.segSize = len - hdrLen;
+    this.closedForMore = false;
+    return ip;
+  }
+
+  /**
+   * Whether the packet at `frame` has the open super-frame's Ethernet header, IP header (but
+   * length, id and checksum) and ports, and `payload` more bytes fit.
+   */
+  protected sameFlow(slab: Uint8Array, frame: number, payload: number): boolean {
+    if (payload === 0 || payload > this.segSize || this.length + payload > ETH_HEADER_LEN + MAX_IPV4_TOTAL) return false;
+    const a = this.start;
+    for (let i = 0; i < ETH_HEADER_LEN; i++) if (slab[a + i] !== slab[frame + i]) return false;
+    const ipA = a + ETH_HEADER_LEN;
+    const ipB = frame + ETH_HEADER_LEN;
+    // Version/IHL, TOS, flags/fragment, TTL, protocol, addresses, options; then the ports.
+    if (slab[ipA] !== slab[ipB] || slab[ipA + 1] !== slab[ipB + 1]) return false;
+    for (let i = 6; i < 10; i++) if (slab[ipA + i] !== slab[ipB + i]) return false;
+    for (let i = 12; i < this.ihl + 4; i++) if (slab[ipA + i] !== slab[ipB + i]) return false;
+    return true;
+  }
+
+  /** Moves the packet's payload to the end of the super-frame. */
+  protected append(slab: Uint8Array, frame: number, len: number): void {
+    slab.copyWithin(this.start + this.length, frame + this.hdrLen, frame + len);
+    this.length += len - this.hdrLen;
+    this.segments++;
+  }
+
+  /** Fixes what the transport header says about its length, if it says anything. */
+  protected abstract writeL4Length(slab: Uint8Array, l4: number, l4Len: number): void;
+
+  /**
+   * Finalizes the open super-frame and writes its virtio_net_hdr at hdrs[hdrOff]. A single
+   * packet goes out untouched with an empty header; a merged one gets its IP length and checksum
+   * fixed and its transport checksum left partial for the kernel (NEEDS_CSUM).
+   */
+  close(slab: Uint8Array, hdrs: Uint8Array, hdrOff: number): void {
+    if (this.segments <= 1) {
+      writeVnetHeader(hdrs, hdrOff, 0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0);
+    } else {
+      const ip = this.start + ETH_HEADER_LEN;
+      const l4Len = this.length - ETH_HEADER_LEN - this.ihl;
+      writeU16(slab, ip + 2, this.ihl + l4Len);
+      writeIpv4HeaderChecksum(slab, ip, this.ihl);
+      this.writeL4Length(slab, ip + this.ihl, l4Len);
+      writeU16(slab, ip + this.ihl + this.csumOffset, fold(pseudoHeaderSum(slab, ip, this.protocol, l4Len)));
+      writeVnetHeader(hdrs, hdrOff, VIRTIO_NET_HDR_F_NEEDS_CSUM, this.gsoType, this.hdrLen, this.segSize,
+        ETH_HEADER_LEN + this.ihl, this.csumOffset);
+    }
+    this.start = -1;
+  }
+}
+
+/** Merges consecutive TCPv4 segments of one flow (see InPlaceCoalescer). */
+export class TcpCoalescer extends InPlaceCoalescer {
+  protected readonly protocol = IPPROTO_TCP;
+  protected readonly gsoType = VIRTIO_NET_HDR_GSO_TCPV4;
+  protected readonly csumOffset = 16;
+  private nextSeq = 0;
+
+  open(slab: Uint8Array, frame: number, len: number, hdrLen: number): void {
+    const tcp = this.begin(slab, frame, len, hdrLen) + this.ihl;
+    this.nextSeq = (readU32(slab, tcp + 4) + this.segSize) >>> 0;
     this.closedForMore = ((slab[tcp + 13] as number) & ~0x10) !== 0; // anything beyond ACK ends it
   }
 
@@ -192,58 +258,31 @@ export class TcpCoalescer {
   offer(slab: Uint8Array, frame: number, len: number, hdrLen: number): boolean {
     if (this.start < 0 || this.closedForMore || hdrLen !== this.hdrLen) return false;
     const payload = len - hdrLen;
-    if (payload === 0 || payload > this.mss || this.length + payload > ETH_HEADER_LEN + MAX_IPV4_TOTAL) return false;
-    const a = this.start;
-    const ipA = a + ETH_HEADER_LEN;
+    if (!this.sameFlow(slab, frame, payload)) return false;
     const ipB = frame + ETH_HEADER_LEN;
-    // Ethernet header, IP version/IHL/TOS, flags/fragment, TTL, protocol, addresses.
-    for (let i = 0; i < ETH_HEADER_LEN; i++) if (slab[a + i] !== slab[frame + i]) return false;
-    if (slab[ipA] !== slab[ipB] || slab[ipA + 1] !== slab[ipB + 1]) return false;
-    for (let i = 6; i < 10; i++) if (slab[ipA + i] !== slab[ipB + i]) return false;
-    for (let i = 12; i < 20; i++) if (slab[ipA + i] !== slab[ipB + i]) return false;
     if (((slab[ipB + 6] as number) & 0x3f) !== 0 || slab[ipB + 7] !== 0) return false; // a fragment
-    const tA = ipA + this.ihl;
+    const tA = this.start + ETH_HEADER_LEN + this.ihl;
     const tB = ipB + this.ihl;
-    // Ports, then sequence, ack, flags (PSH may end the run), options.
-    for (let i = 0; i < 4; i++) if (slab[tA + i] !== slab[tB + i]) return false;
+    // Sequence, ack, flags (PSH may end the run), options.
     if (readU32(slab, tB + 4) !== this.nextSeq) return false;
     for (let i = 8; i < 12; i++) if (slab[tA + i] !== slab[tB + i]) return false;
     const fB = slab[tB + 13] as number;
     if ((fB & ~TCP_FLAG_PSH) !== (slab[tA + 13] as number) || slab[tA + 12] !== slab[tB + 12]) return false;
     for (let i = 20; i < this.hdrLen - ETH_HEADER_LEN - this.ihl; i++) if (slab[tA + i] !== slab[tB + i]) return false;
 
-    slab.copyWithin(a + this.length, frame + hdrLen, frame + len);
-    this.length += payload;
-    this.segments++;
+    this.append(slab, frame, len);
     this.nextSeq = (this.nextSeq + payload) >>> 0;
     // The newest window and PSH win, as the kernel's GRO does.
     slab[tA + 14] = slab[tB + 14] as number;
     slab[tA + 15] = slab[tB + 15] as number;
-    if ((fB & TCP_FLAG_PSH) !== 0 || payload < this.mss) {
+    if ((fB & TCP_FLAG_PSH) !== 0 || payload < this.segSize) {
       slab[tA + 13] = (slab[tA + 13] as number) | (fB & TCP_FLAG_PSH);
       this.closedForMore = true;
     }
     return true;
   }
 
-  /**
-   * Finalizes the open super-frame and writes its virtio_net_hdr at hdrs[hdrOff]. A single
-   * segment goes out untouched with an empty header; a merged one gets its IP length and
-   * checksum fixed and a TCP checksum left partial for the kernel (NEEDS_CSUM).
-   */
-  close(slab: Uint8Array, hdrs: Uint8Array, hdrOff: number): void {
-    if (this.segments <= 1) {
-      writeVnetHeader(hdrs, hdrOff, 0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0);
-    } else {
-      const ip = this.start + ETH_HEADER_LEN;
-      const l4 = this.length - ETH_HEADER_LEN - this.ihl;
-      writeU16(slab, ip + 2, this.ihl + l4);
-      writeIpv4HeaderChecksum(slab, ip, this.ihl);
-      const tcp = ip + this.ihl;
-      writeU16(slab, tcp + 16, fold(pseudoHeaderSum(slab, ip, IPPROTO_TCP, l4)));
-      writeVnetHeader(hdrs, hdrOff, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, this.hdrLen, this.mss,
-        ETH_HEADER_LEN + this.ihl, 16);
-    }
-    this.start = -1;
+  protected writeL4Length(): void {
+    // TCP carries no length of its own.
   }
 }

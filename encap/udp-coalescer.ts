@@ -5,13 +5,11 @@
 // the original datagrams (same payloads, fresh lengths and checksums) before the pod sees it.
 
 import { readU16, writeU16 } from "./bytes";
-import { fold, pseudoHeaderSum, writeIpv4HeaderChecksum } from "./checksum";
 import { ETH_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_UDP, etherType } from "./frame";
-import { MAX_GSO_SEGMENTS, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, writeVnetHeader } from "./offload";
+import { InPlaceCoalescer, MAX_GSO_SEGMENTS } from "./offload";
 
 export const VIRTIO_NET_HDR_GSO_UDP_L4 = 5;
 const UDP_HEADER_LEN = 8;
-const MAX_IPV4_TOTAL = 65535;
 const IP_FLAG_DF = 0x40;
 
 /**
@@ -35,87 +33,40 @@ export function udp4HeaderLength(slab: Uint8Array, frame: number, len: number): 
 }
 
 /**
- * Feed it frames in order: `open` starts a super-frame with an eligible datagram (see
- * udp4HeaderLength; its checksum must verify), `offer` answers whether the next one joined, `close`
- * finalizes it. Works in place within one receive slot; allocates nothing per packet.
+ * Merges consecutive UDPv4 datagrams of one flow (see InPlaceCoalescer): feed it datagrams that
+ * udp4HeaderLength accepts and whose checksum verified.
  */
-export class UdpCoalescer {
-  /** Frame offset of the open super-frame, -1 if none. */
-  start = -1;
-  /** Bytes of the open super-frame so far. */
-  length = 0;
-  /** Datagrams merged into it. */
-  segments = 0;
-  private hdrLen = 0;
-  private ihl = 0;
-  private payloadSize = 0;
+export class UdpCoalescer extends InPlaceCoalescer {
+  protected readonly protocol = IPPROTO_UDP;
+  protected readonly gsoType = VIRTIO_NET_HDR_GSO_UDP_L4;
+  protected readonly csumOffset = 6;
   private nextId = 0;
-  private closedForMore = false;
 
   open(slab: Uint8Array, frame: number, len: number, hdrLen: number): void {
-    const ip = frame + ETH_HEADER_LEN;
-    this.start = frame;
-    this.length = len;
-    this.segments = 1;
-    this.hdrLen = hdrLen;
-    this.ihl = ((slab[ip] as number) & 0x0f) * 4;
-    this.payloadSize = len - hdrLen;
+    const ip = this.begin(slab, frame, len, hdrLen);
     this.nextId = (readU16(slab, ip + 4) + 1) & 0xffff;
-    this.closedForMore = this.payloadSize === 0;
+    this.closedForMore = this.segSize === 0;
   }
 
   /**
    * Appends the datagram at slab[frame .. frame+len) if it continues the open super-frame:
    * the same Ethernet, IP (but id, length, checksum) and UDP ports, the same payload size (a
    * shorter one may come last), IP ids that the kernel's segmentation will reproduce (the next
-   * id, or DF set, where the id carries no meaning), and room left. Moves its payload to the
-   * end of the super-frame.
+   * id, or DF set, where the id carries no meaning), and room left.
    */
   offer(slab: Uint8Array, frame: number, len: number, hdrLen: number): boolean {
     if (this.start < 0 || this.closedForMore || hdrLen !== this.hdrLen || this.segments >= MAX_GSO_SEGMENTS) return false;
     const payload = len - hdrLen;
-    if (payload === 0 || payload > this.payloadSize || this.length + payload > ETH_HEADER_LEN + MAX_IPV4_TOTAL) return false;
-    const a = this.start;
-    const ipA = a + ETH_HEADER_LEN;
-    const ipB = frame + ETH_HEADER_LEN;
-    for (let i = 0; i < ETH_HEADER_LEN; i++) if (slab[a + i] !== slab[frame + i]) return false;
-    // Version/IHL, TOS, flags/fragment, TTL, protocol, addresses, options.
-    if (slab[ipA] !== slab[ipB] || slab[ipA + 1] !== slab[ipB + 1]) return false;
-    for (let i = 6; i < 10; i++) if (slab[ipA + i] !== slab[ipB + i]) return false;
-    for (let i = 12; i < this.ihl; i++) if (slab[ipA + i] !== slab[ipB + i]) return false;
-    const df = ((slab[ipA + 6] as number) & IP_FLAG_DF) !== 0;
-    if (!df && readU16(slab, ipB + 4) !== this.nextId) return false;
-    const uA = ipA + this.ihl;
-    const uB = ipB + this.ihl;
-    for (let i = 0; i < 4; i++) if (slab[uA + i] !== slab[uB + i]) return false;
-
-    slab.copyWithin(a + this.length, frame + hdrLen, frame + len);
-    this.length += payload;
-    this.segments++;
+    if (!this.sameFlow(slab, frame, payload)) return false;
+    const df = ((slab[this.start + ETH_HEADER_LEN + 6] as number) & IP_FLAG_DF) !== 0;
+    if (!df && readU16(slab, frame + ETH_HEADER_LEN + 4) !== this.nextId) return false;
+    this.append(slab, frame, len);
     this.nextId = (this.nextId + 1) & 0xffff;
-    if (payload < this.payloadSize) this.closedForMore = true;
+    if (payload < this.segSize) this.closedForMore = true;
     return true;
   }
 
-  /**
-   * Finalizes the open super-frame and writes its virtio_net_hdr at hdrs[hdrOff]. A single
-   * datagram goes out untouched with an empty header; a merged one gets its IP and UDP lengths
-   * and IP checksum fixed and a UDP checksum left partial for the kernel (NEEDS_CSUM).
-   */
-  close(slab: Uint8Array, hdrs: Uint8Array, hdrOff: number): void {
-    if (this.segments <= 1) {
-      writeVnetHeader(hdrs, hdrOff, 0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0);
-    } else {
-      const ip = this.start + ETH_HEADER_LEN;
-      const l4 = this.length - ETH_HEADER_LEN - this.ihl;
-      writeU16(slab, ip + 2, this.ihl + l4);
-      writeIpv4HeaderChecksum(slab, ip, this.ihl);
-      const udp = ip + this.ihl;
-      writeU16(slab, udp + 4, l4);
-      writeU16(slab, udp + 6, fold(pseudoHeaderSum(slab, ip, IPPROTO_UDP, l4)));
-      writeVnetHeader(hdrs, hdrOff, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4, this.hdrLen,
-        this.payloadSize, ETH_HEADER_LEN + this.ihl, 6);
-    }
-    this.start = -1;
+  protected writeL4Length(slab: Uint8Array, udp: number, l4Len: number): void {
+    writeU16(slab, udp + 4, l4Len);
   }
 }
