@@ -229,6 +229,8 @@ export interface ReadCaptureOptions {
   decodeAs?: readonly string[];
   /** tshark -Y display filter. */
   displayFilter?: string;
+  /** tshark -o preferences, e.g. "tcp.check_checksum:TRUE". */
+  preferences?: readonly string[];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1031,6 +1033,7 @@ export class Lab {
   async readCapture(file: string, fields: readonly string[], opts: ReadCaptureOptions = {}): Promise<string[][]> {
     const argv = ["tshark", "-n", "-r", file, "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a", "-E", "aggregator=,"];
     for (const d of opts.decodeAs ?? []) argv.push("-d", d);
+    for (const o of opts.preferences ?? []) argv.push("-o", o);
     if (opts.displayFilter !== undefined) argv.push("-Y", opts.displayFilter);
     for (const f of fields) argv.push("-e", f);
     const r = await runOk(argv[0] as string, argv.slice(1), { timeoutMs: 60_000 });
