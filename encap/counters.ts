@@ -40,6 +40,8 @@ export enum Counter {
   DropTapQueueFull,
   DropUdpQueueFull,
   DropSendError,
+  /** Frames the kernel refused to take from us on the TAP (EIO while it is down, EINVAL). */
+  DropTapWriteError,
   /** A virtio_net_hdr asked for something we cannot do (bad offsets, unsupported GSO type). */
   DropBadOffload,
 }

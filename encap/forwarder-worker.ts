@@ -12,8 +12,6 @@ import { VNET_HDR_LEN } from "./offload";
 import type { ForwarderWorkerData, ToWorker } from "./forwarder";
 
 const POLL_TIMEOUT_MS = 1000;
-/** The shim moves at most this many entries per call. */
-const NATIVE_BATCH_MAX = 256;
 
 /** One direction-pair of work per wake; both cores implement it. */
 interface Pump {
@@ -71,6 +69,7 @@ function handleMessages(port: MessagePort, pump: Pump): boolean {
 
 function plainPump(native: NativeShim, data: ForwarderWorkerData, core: ForwarderCore, counters: Float64Array): Pump {
   const sendErrors = new Uint32Array(1);
+  const tapErrors = new Uint32Array(1);
   return {
     get table() { return core.table; },
     set table(t: ForwardingTable) { core.table = t; },
@@ -86,15 +85,14 @@ function plainPump(native: NativeShim, data: ForwarderWorkerData, core: Forwarde
       if (n === 0) return;
       const k = core.decapsulate(n);
       if (k === 0) return;
-      const written = native.writeFrames(data.tapFd, core.udpSlab, core.writeOffs, core.writeLens, k);
-      countWritten(counters, core.writeLens, 0, written);
-      if (written < k) counters[Counter.DropTapQueueFull]! += k - written;
+      writeToTap(native, data.tapFd, core.udpSlab, core.writeOffs, core.writeLens, k, undefined, tapErrors, counters);
     },
   };
 }
 
 function offloadPump(native: NativeShim, data: ForwarderWorkerData, core: OffloadCore, counters: Float64Array): Pump {
   const sendErrors = new Uint32Array(1);
+  const tapErrors = new Uint32Array(1);
   return {
     get table() { return core.table; },
     set table(t: ForwardingTable) { core.table = t; },
@@ -111,20 +109,7 @@ function offloadPump(native: NativeShim, data: ForwarderWorkerData, core: Offloa
         core.rxLens, core.rxSrcIps, core.rxSrcPorts, core.rxSegSizes);
       if (n === 0) return;
       const k = core.decapsulate(n);
-      // The shim writes at most NATIVE_BATCH_MAX frames per call; a GRO run can yield more.
-      for (let done = 0; done < k;) {
-        const chunk = Math.min(NATIVE_BATCH_MAX, k - done);
-        const written = done === 0
-          ? native.writeFramesWithHeaders(data.tapFd, core.slab, core.writeOffs, core.writeLens, chunk, core.writeHdrs, VNET_HDR_LEN)
-          : native.writeFramesWithHeaders(data.tapFd, core.slab, core.writeOffs.subarray(done), core.writeLens.subarray(done),
-            chunk, core.writeHdrs.subarray(done * VNET_HDR_LEN), VNET_HDR_LEN);
-        countWritten(counters, core.writeLens, done, written);
-        if (written < chunk) {
-          counters[Counter.DropTapQueueFull]! += k - done - written;
-          break;
-        }
-        done += chunk;
-      }
+      writeToTap(native, data.tapFd, core.slab, core.writeOffs, core.writeLens, k, core.writeHdrs, tapErrors, counters);
     },
   };
 }
@@ -150,11 +135,22 @@ function sendQueue(native: NativeShim, fd: number, slab: Uint8Array, queue: Send
   if (consumed < queue.count) counters[Counter.DropUdpQueueFull]! += queue.count - consumed;
 }
 
-function countWritten(counters: Float64Array, lens: Uint32Array, from: number, written: number): void {
-  counters[Counter.TapTxFrames]! += written;
+/**
+ * Writes `count` decapsulated frames to the TAP (with their virtio_net_hdrs on the fast path)
+ * and counts what was written, refused and left behind by a full queue.
+ */
+function writeToTap(native: NativeShim, fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array, count: number,
+  hdrs: Uint8Array | undefined, errors: Uint32Array, counters: Float64Array): void {
+  if (count === 0) return;
+  errors[0] = 0;
+  const consumed = native.writeFrames(fd, slab, offs, lens, count, errors, hdrs, hdrs === undefined ? undefined : VNET_HDR_LEN);
+  const refused = errors[0] as number;
   let bytes = 0;
-  for (let i = from; i < from + written; i++) bytes += lens[i] as number;
+  for (let i = 0; i < consumed; i++) bytes += lens[i] as number;
+  counters[Counter.TapTxFrames]! += consumed - refused;
   counters[Counter.TapTxBytes]! += bytes;
+  counters[Counter.DropTapWriteError]! += refused;
+  counters[Counter.DropTapQueueFull]! += count - consumed;
 }
 
 main();

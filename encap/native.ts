@@ -46,10 +46,14 @@ export interface NativeShim {
   readFrames(fd: number, slab: Uint8Array, base: number, stride: number, max: number, lens: Uint32Array): number;
 
   /**
-   * write(2) frames to a TAP fd: frame i is slab[offs[i] .. offs[i]+lens[i]). Stops at EAGAIN
-   * and returns how many were written (the caller counts the rest as dropped).
+   * Writes frames to a TAP fd, one writev each: frame i is slab[offs[i] .. offs[i]+lens[i]),
+   * preceded by hdrs[i*hdrLen .. +hdrLen) when hdrs is given (a virtio_net_hdr for a TAP opened
+   * with vnetHdr). Stops at EAGAIN and returns how many entries it consumed. A frame the kernel
+   * refuses (EIO while the TAP is down, EINVAL) is skipped: its lens[i] becomes 0 and errors[0]
+   * grows by one. Only errors of the descriptor itself throw.
    */
-  writeFrames(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array, count: number): number;
+  writeFrames(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array, count: number, errors: Uint32Array,
+    hdrs?: Uint8Array, hdrLen?: number): number;
 
   /**
    * recvmmsg(MSG_DONTWAIT) up to `max` datagrams; datagram i lands at slab[base + i*stride]
@@ -80,12 +84,6 @@ export interface NativeShim {
   /** ioctl(TUNSETOFFLOAD, flags) on a TAP opened with vnetHdr (TUN_F_* flags, see offload.ts). */
   tapSetOffload(fd: number, flags: number): void;
 
-  /**
-   * Like writeFrames, but frame i is preceded in the same writev by the header
-   * hdrs[i*hdrLen .. +hdrLen): how a virtio_net_hdr reaches a TAP opened with vnetHdr.
-   */
-  writeFramesWithHeaders(fd: number, slab: Uint8Array, offs: Uint32Array, lens: Uint32Array,
-    count: number, hdrs: Uint8Array, hdrLen: number): number;
 
   /**
    * The Internet checksum's ones' complement sum of slab[off .. off+len) as big-endian 16-bit

@@ -577,4 +577,25 @@ describe("a fast-path node and a plain node (--offload=false) as peers", () => {
     // Data segments (not only ACKs) were among them.
     expect(rows.some(([, tcpLen = "0"]) => Number(tcpLen) > 1000), dump).toBe(true);
   });
+
+  it.each(["n1", "n2"])("a TAP set down by hand on %s: the frames it refuses are dropped and counted, the daemon stays, traffic returns once it is up", async (name) => {
+    const l = lab as Lab;
+    const c = cluster as Cluster;
+    const node = l.node(name);
+    const other = l.nodes.find((n) => n !== node) as LabNode;
+    const [here, there] = [node.pods[0] as LabPod, other.pods[0] as LabPod];
+    const before = (await c.daemon(name).status()).counters["drop_tap_write_error"] ?? 0;
+    await l.exec(node, ["ip", "link", "set", "vxmesh0", "down"]);
+    try {
+      // Frames for this node's pod reach its daemon, which cannot hand them to the TAP.
+      expect(await l.ping(there, here.ip, { count: 3, timeoutMs: 500 })).toBe(false);
+      await waitFor(async () => ((await c.daemon(name).status()).counters["drop_tap_write_error"] ?? 0) > before,
+        { timeoutMs: 5_000, intervalMs: 50, what: `${name} to count the frames its TAP refused` });
+      expect(c.daemon(name).running).toBe(true);
+    } finally {
+      await l.exec(node, ["ip", "link", "set", "vxmesh0", "up"]);
+    }
+    await waitFor(() => l.ping(there, here.ip, { count: 1, timeoutMs: 500 }),
+      { timeoutMs: 15_000, intervalMs: 100, what: `traffic to ${here.name} once ${name}'s TAP is up again` });
+  });
 });

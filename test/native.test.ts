@@ -286,7 +286,9 @@ describe("native shim: UDP batches on loopback", () => {
         ports, 1, errors)).toThrow(RangeError);
       expect(() => shim.sendBatch(a, slab, Uint32Array.of(0), Uint32Array.of(1), ips, ports, 1,
         new Uint32Array(0))).toThrow(RangeError);
-      expect(() => shim.writeFrames(a, slab, Uint32Array.of(0, 1020), Uint32Array.of(4, 5), 2))
+      expect(() => shim.writeFrames(a, slab, Uint32Array.of(0, 1020), Uint32Array.of(4, 5), 2, errors))
+        .toThrow(RangeError);
+      expect(() => shim.writeFrames(a, slab, Uint32Array.of(0), Uint32Array.of(4), 1, errors, new Uint8Array(5), 10))
         .toThrow(RangeError);
       expect(() => shim.readFrames(a, slab, 0, 512, 3, new Uint32Array(3))).toThrow(RangeError);
       expect(() => shim.udpOpen(LOOPBACK, 65536, 0, 0)).toThrow(RangeError);
@@ -560,7 +562,7 @@ async function main() {
     buildFrame(slab, 100, 5555, rport, Buffer.from("vxmesh inject one")),
     buildFrame(slab, 1001, 5556, rport, Buffer.from("vxmesh inject two")),
   );
-  out.written = shim.writeFrames(tap.fd, slab, offs, lens, 2);
+  out.written = shim.writeFrames(tap.fd, slab, offs, lens, 2, new Uint32Array(1));
   let timer;
   await Promise.race([
     arrived,

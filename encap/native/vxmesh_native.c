@@ -457,37 +457,68 @@ static napi_value read_frames(napi_env env, napi_callback_info info) {
   return ret_u32(env, (uint32_t)got);
 }
 
-/** writeFrames(fd, slab, offs, lens, count) -> frames written (stops at EAGAIN) */
+/** Errors that concern the descriptor rather than one frame or datagram: skipping would not help. */
+static bool is_fd_error(int err) {
+  return err == EBADF || err == ENOTSOCK || err == EFAULT;
+}
+
+/**
+ * writeFrames(fd, slab, offs, lens, count, errors, hdrs?, hdrLen?) -> entries consumed: written,
+ * or skipped after an error; stops at EAGAIN (the TAP's queue is full). A frame the kernel
+ * refuses (EIO while the TAP is down, EINVAL for a header it rejects) is skipped, its lens[i]
+ * set to 0 and errors[0] incremented; only descriptor errors throw. No batch limit: nothing
+ * here is sized by the batch. With hdrs, frame i is preceded by
+ * hdrs[i*hdrLen .. +hdrLen) in the same writev: how virtio-net headers reach a TAP opened with
+ * IFF_VNET_HDR without moving frames.
+ */
 static napi_value write_frames(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  if (!get_args(env, info, 5, argv)) return NULL;
+  napi_value argv[8];
+  if (!get_args(env, info, 8, argv)) return NULL;
 
   int fd;
-  uint8_t *slab;
-  uint32_t *offs, *lens;
-  size_t slab_len, offs_len, lens_len;
-  uint32_t count;
+  uint8_t *slab, *hdrs;
+  uint32_t *offs, *lens, *errors;
+  size_t slab_len, offs_len, lens_len, errors_len, hdrs_len = 0;
+  uint32_t count, hdr_len = 0;
+  napi_valuetype hdr_len_type;
   if (!arg_fd(env, argv[0], &fd) ||
       !arg_typed(env, argv[1], "slab", napi_uint8_array, (void **)&slab, &slab_len) ||
       !arg_typed(env, argv[2], "offs", napi_uint32_array, (void **)&offs, &offs_len) ||
       !arg_typed(env, argv[3], "lens", napi_uint32_array, (void **)&lens, &lens_len) ||
-      !arg_u32(env, argv[4], "count", &count)) {
+      !arg_u32(env, argv[4], "count", &count) ||
+      !arg_typed(env, argv[5], "errors", napi_uint32_array, (void **)&errors, &errors_len) ||
+      !opt_typed(env, argv[6], "hdrs", napi_uint8_array, (void **)&hdrs, &hdrs_len) ||
+      napi_typeof(env, argv[7], &hdr_len_type) != napi_ok ||
+      (hdr_len_type != napi_undefined && !arg_u32(env, argv[7], "hdrLen", &hdr_len))) {
     return NULL;
   }
-  size_t n = clamp_batch(count);
+  size_t n = count;
   if (!check_entries(env, "offs", offs_len, n) || !check_entries(env, "lens", lens_len, n) ||
-      !check_spans(env, slab_len, offs, lens, n)) {
+      !check_entries(env, "errors", errors_len, 1) || !check_spans(env, slab_len, offs, lens, n)) {
+    return NULL;
+  }
+  if (hdrs == NULL) hdr_len = 0;
+  if ((uint64_t)hdr_len * n > hdrs_len) {
+    throw_arg(env, ARG_RANGE, "hdrs holds %zu bytes, %zu headers of %u need more", hdrs_len, n, hdr_len);
     return NULL;
   }
 
   size_t done = 0;
   while (done < n) {
-    ssize_t r = write(fd, slab + offs[done], lens[done]);
+    struct iovec iov[2] = {
+        {.iov_base = hdrs == NULL ? NULL : hdrs + (size_t)hdr_len * done, .iov_len = hdr_len},
+        {.iov_base = slab + offs[done], .iov_len = lens[done]},
+    };
+    ssize_t r = hdr_len == 0 ? writev(fd, &iov[1], 1) : writev(fd, iov, 2);
     if (r < 0) {
       if (errno == EINTR) continue;
       if (is_again(errno)) break;
-      throw_errno(env, "write", errno);
-      return NULL;
+      if (is_fd_error(errno)) {
+        throw_errno(env, "writev", errno);
+        return NULL;
+      }
+      lens[done] = 0;
+      errors[0]++;
     }
     done++;
   }
@@ -669,10 +700,6 @@ static napi_value recv_batch(napi_env env, napi_callback_info info) {
   return ret_u32(env, (uint32_t)got);
 }
 
-/** Errors that concern the socket rather than one datagram: skipping would not help. */
-static bool is_socket_error(int err) {
-  return err == EBADF || err == ENOTSOCK || err == EFAULT;
-}
 
 /**
  * sendBatch(fd, slab, offs, lens, dstIps, dstPorts, count, errors, segSizes?) -> entries
@@ -758,7 +785,7 @@ static napi_value send_batch(napi_env env, napi_callback_info info) {
     if (err == EINTR) continue;
     // Full queue (ENOBUFS is the same back-pressure seen on some paths): leave the rest.
     if (is_again(err) || err == ENOBUFS) break;
-    if (is_socket_error(err)) {
+    if (is_fd_error(err)) {
       errors[0] += skipped;
       throw_errno(env, "sendmmsg", err);
       return NULL;
@@ -785,55 +812,6 @@ static napi_value udp_set_gro(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return ret_undefined(env);
-}
-
-/** writeFramesWithHeaders(fd, slab, offs, lens, count, hdrs, hdrLen) -> frames written.
- * Like writeFrames, but each frame i is preceded by hdrs[i*hdrLen .. +hdrLen) in the same
- * writev: how virtio-net headers reach a TAP opened with IFF_VNET_HDR without moving frames. */
-static napi_value write_frames_with_headers(napi_env env, napi_callback_info info) {
-  napi_value argv[7];
-  if (!get_args(env, info, 7, argv)) return NULL;
-
-  int fd;
-  uint8_t *slab, *hdrs;
-  uint32_t *offs, *lens;
-  size_t slab_len, offs_len, lens_len, hdrs_len;
-  uint32_t count, hdr_len;
-  if (!arg_fd(env, argv[0], &fd) ||
-      !arg_typed(env, argv[1], "slab", napi_uint8_array, (void **)&slab, &slab_len) ||
-      !arg_typed(env, argv[2], "offs", napi_uint32_array, (void **)&offs, &offs_len) ||
-      !arg_typed(env, argv[3], "lens", napi_uint32_array, (void **)&lens, &lens_len) ||
-      !arg_u32(env, argv[4], "count", &count) ||
-      !arg_typed(env, argv[5], "hdrs", napi_uint8_array, (void **)&hdrs, &hdrs_len) ||
-      !arg_u32(env, argv[6], "hdrLen", &hdr_len)) {
-    return NULL;
-  }
-  size_t n = clamp_batch(count);
-  if (!check_entries(env, "offs", offs_len, n) || !check_entries(env, "lens", lens_len, n) ||
-      !check_spans(env, slab_len, offs, lens, n)) {
-    return NULL;
-  }
-  if ((uint64_t)hdr_len * n > hdrs_len) {
-    throw_arg(env, ARG_RANGE, "hdrs holds %zu bytes, %zu headers of %u need more", hdrs_len, n, hdr_len);
-    return NULL;
-  }
-
-  size_t done = 0;
-  while (done < n) {
-    struct iovec iov[2] = {
-        {.iov_base = hdrs + (size_t)hdr_len * done, .iov_len = hdr_len},
-        {.iov_base = slab + offs[done], .iov_len = lens[done]},
-    };
-    ssize_t r = writev(fd, iov, 2);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      if (is_again(errno)) break;
-      throw_errno(env, "writev", errno);
-      return NULL;
-    }
-    done++;
-  }
-  return ret_u32(env, (uint32_t)done);
 }
 
 /** tapSetOffload(fd, flags) — TUNSETOFFLOAD with TUN_F_* flags. */
@@ -1560,7 +1538,6 @@ NAPI_MODULE_INIT() {
       EXPORT_FN("eventfdDrain", eventfd_drain),
       EXPORT_FN("close", close_fd),
       EXPORT_FN("udpSetGro", udp_set_gro),
-      EXPORT_FN("writeFramesWithHeaders", write_frames_with_headers),
       EXPORT_FN("tapSetOffload", tap_set_offload),
       EXPORT_FN("checksum", checksum),
       EXPORT_FN("checksumMany", checksum_many),
