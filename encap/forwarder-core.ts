@@ -53,7 +53,13 @@ export const TRUNCATED = 0xffffffff;
 
 const VLAN_TAG_LEN = 4;
 
-function slotSize(bytes: number): number {
+/** The largest plain inner frame for a pod MTU: Ethernet header, one VLAN tag, the packet. */
+export function maxInnerFrame(mtu: number): number {
+  return ETH_HEADER_LEN + VLAN_TAG_LEN + mtu;
+}
+
+/** Slab slots start on 64-byte (cache line) boundaries. */
+export function align64(bytes: number): number {
   return Math.ceil(bytes / 64) * 64;
 }
 
@@ -86,11 +92,11 @@ export class ForwarderCore {
     this.batch = options.batch;
     this.vni = options.vni;
     this.port = options.port;
-    this.maxFrame = ETH_HEADER_LEN + VLAN_TAG_LEN + options.mtu;
+    this.maxFrame = maxInnerFrame(options.mtu);
     // One extra slot's worth of slack so a frame longer than maxFrame is seen as such
     // (and dropped) instead of running into the next slot's headroom.
-    this.tapStride = slotSize(VXLAN_HEADER_LEN + this.maxFrame + 64);
-    this.udpStride = slotSize(VXLAN_HEADER_LEN + this.maxFrame + 64);
+    this.tapStride = align64(VXLAN_HEADER_LEN + this.maxFrame + 64);
+    this.udpStride = align64(VXLAN_HEADER_LEN + this.maxFrame + 64);
     const b = options.batch;
     // The last slot's frame starts VXLAN_HEADER_LEN in, so the slab runs that far past b slots.
     this.tapSlab = new Uint8Array(b * this.tapStride + VXLAN_HEADER_LEN);

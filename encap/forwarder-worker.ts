@@ -76,9 +76,7 @@ function plainPump(native: NativeShim, data: ForwarderWorkerData, core: Forwarde
     fromTap() {
       const n = native.readFrames(data.tapFd, core.tapSlab, 8, core.tapStride, core.batch, core.tapLens);
       if (n === 0 || core.encapsulate(n) === 0) return;
-      for (let q = 0; q < core.sendQueues.length; q++) {
-        sendQueue(native, data.sendFds[q] as number, core.tapSlab, core.sendQueues[q] as SendQueue, undefined, sendErrors, counters);
-      }
+      sendAll(native, data.sendFds, core.tapSlab, core.sendQueues, sendErrors, counters);
     },
     fromUnderlay() {
       const n = native.recvBatch(data.udpFd, core.udpSlab, 0, core.udpStride, core.batch, core.udpLens, core.udpSrcIps, core.udpSrcPorts);
@@ -99,10 +97,7 @@ function offloadPump(native: NativeShim, data: ForwarderWorkerData, core: Offloa
     fromTap() {
       const n = native.readFrames(data.tapFd, core.slab, core.tapBase, core.tapStride, core.tapBatch, core.tapLens);
       if (n === 0 || core.encapsulate(n) === 0) return;
-      for (let q = 0; q < core.sendQueues.length; q++) {
-        const queue = core.sendQueues[q] as SendQueue;
-        sendQueue(native, data.sendFds[q] as number, core.slab, queue, queue.segSizes, sendErrors, counters);
-      }
+      sendAll(native, data.sendFds, core.slab, core.sendQueues, sendErrors, counters);
     },
     fromUnderlay() {
       const n = native.recvBatch(data.udpFd, core.slab, core.rxBase, core.rxStride, core.rxBatch,
@@ -114,17 +109,22 @@ function offloadPump(native: NativeShim, data: ForwarderWorkerData, core: Offloa
   };
 }
 
-/** Sends one queue; counts wire datagrams (a UDP_SEGMENT entry is several). */
-function sendQueue(native: NativeShim, fd: number, slab: Uint8Array, queue: SendQueue, segSizes: Uint16Array | undefined,
+/** Sends each queue from its own socket. */
+function sendAll(native: NativeShim, fds: readonly number[], slab: Uint8Array, queues: readonly SendQueue[],
   errors: Uint32Array, counters: Float64Array): void {
+  for (let q = 0; q < queues.length; q++) sendQueue(native, fds[q] as number, slab, queues[q] as SendQueue, errors, counters);
+}
+
+/** Sends one queue; counts wire datagrams (a UDP_SEGMENT entry is several). */
+function sendQueue(native: NativeShim, fd: number, slab: Uint8Array, queue: SendQueue, errors: Uint32Array, counters: Float64Array): void {
   if (queue.count === 0) return;
   errors[0] = 0;
-  const consumed = native.sendBatch(fd, slab, queue.offs, queue.lens, queue.ips, queue.ports, queue.count, errors, segSizes);
+  const consumed = native.sendBatch(fd, slab, queue.offs, queue.lens, queue.ips, queue.ports, queue.count, errors, queue.segSizes);
   let datagrams = 0;
   let bytes = 0;
   for (let i = 0; i < consumed; i++) {
     const len = queue.lens[i] as number;
-    const seg = segSizes === undefined ? 0 : (segSizes[i] as number);
+    const seg = queue.segSizes[i] as number;
     datagrams += seg > 0 ? Math.ceil(len / seg) : 1;
     bytes += len;
   }

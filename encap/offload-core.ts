@@ -13,7 +13,7 @@ import { ChecksumSpans, pseudoHeaderSum, type SumManyFn } from "./checksum";
 import { readU16, writeU16 } from "./bytes";
 import { BatchSource, Counter, PeerCounter, countBatch } from "./counters";
 import type { ForwardingTable } from "./fdb";
-import { acceptDatagram, newSendQueues, routeFrame, TRUNCATED, type SendQueue } from "./forwarder-core";
+import { acceptDatagram, align64, maxInnerFrame, newSendQueues, routeFrame, TRUNCATED, type SendQueue } from "./forwarder-core";
 import { ETH_HEADER_LEN, IPPROTO_TCP, IPPROTO_UDP, flowHash } from "./frame";
 import {
   TcpCoalescer, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
@@ -48,10 +48,6 @@ const MERGE_TCP = 1;
 const MERGE_UDP = 2;
 /** Sends per super-frame we leave room for (a 64 KB frame at MSS ≥ 536 needs at most 3). */
 const SENDS_PER_FRAME = 4;
-
-function align64(n: number): number {
-  return Math.ceil(n / 64) * 64;
-}
 
 export class OffloadCore {
   readonly slab: Uint8Array;
@@ -115,7 +111,7 @@ export class OffloadCore {
   ) {
     this.vni = options.vni;
     this.port = options.port;
-    this.maxFrame = ETH_HEADER_LEN + 4 + options.mtu;
+    this.maxFrame = maxInnerFrame(options.mtu);
     this.tapBatch = options.tapBatch;
     this.rxBatch = options.rxBatch;
     // A super-frame's segments: its payload plus one VXLAN + header copy per segment
