@@ -16,8 +16,7 @@
 // - addresses and MACs are raw Buffers in attributes (4 bytes network order / 6 bytes);
 // - RTNH_F_ONLINK (4) has no name in `RouteFlags`; it goes through `flags.__unknown`;
 // - parsed enums come back as names when known ("UNICAST", "LINK") and as numbers otherwise
-//   (protocol 118 stays 118, but 4 becomes "STATIC"): compare through `enumValue`;
-// - the header's table field is 8 bits; the full id is the RTA_TABLE attribute;
+//   (protocol 118 stays 118, but 4 becomes "STATIC"): routes are read through rtnl-values.ts;
 // - a rejected request surfaces as `Error("Request rejected: EEXIST")` without an errno, so
 //   requests go through the lower `NetlinkSocket.request` with `checkError: false` and the
 //   NLMSG_ERROR payload is decoded here into `code` and a strerror-style message.
@@ -44,11 +43,11 @@ import {
   type MacAddr,
   type Subnet,
 } from "../encap/types";
+import { AF_INET, bufIpv4, routeProtocol, routeTable, routeType } from "./rtnl-values";
 
 /** vxmesh's route protocol number (rtm_protocol); `ip route show proto 118`. */
 export const VXMESH_RTPROT = 118;
 
-const AF_INET = 2;
 const RT_TABLE_MAIN = 254;
 const RTN_UNICAST = 1;
 const RT_SCOPE_UNIVERSE = 0;
@@ -302,11 +301,6 @@ function ipv4Buf(ip: Ipv4 | number): Buffer {
   return b;
 }
 
-function bufIpv4(b: Buffer | undefined): Ipv4 | null {
-  if (b === undefined || b.length !== 4) return null;
-  return b.readUInt32BE(0) as Ipv4;
-}
-
 function macBuf(mac: MacAddr): Buffer {
   const b = Buffer.alloc(6);
   writeMac(b, 0, mac);
@@ -316,21 +310,6 @@ function macBuf(mac: MacAddr): Buffer {
 function bufMac(b: Buffer | undefined): MacAddr | null {
   if (b === undefined || b.length !== 6) return null;
   return readMac(b, 0);
-}
-
-/** Parsed enums come back as names when the package knows the value. */
-function enumValue(mapping: Record<string, string | number>, v: string | number | undefined): number {
-  if (v === undefined) return 0;
-  if (typeof v === "number") return v;
-  const n = mapping[v];
-  return typeof n === "number" ? n : Number.NaN;
-}
-
-const RouteProtocolMap = rt.RouteProtocol as unknown as Record<string, string | number>;
-const RouteTypeMap = rt.RouteType as unknown as Record<string, string | number>;
-
-function routeTable(m: rt.RouteMessage): number {
-  return m.attrs.table ?? m.data.table ?? 0;
 }
 
 function routeFlagBits(f: rt.RouteFlags | undefined): number {
@@ -457,8 +436,8 @@ export class HostPlumbing {
       gateway: bufIpv4(m.attrs.gateway),
       oif,
       ifname,
-      protocol: enumValue(RouteProtocolMap, m.data.protocol),
-      type: enumValue(RouteTypeMap, m.data.type),
+      protocol: routeProtocol(m),
+      type: routeType(m),
       table: routeTable(m),
       onlink: (routeFlagBits(m.data.flags) & RTNH_F_ONLINK) !== 0,
       // RTAX_MTU is a host-order u32; every platform we run on is little-endian.
@@ -728,7 +707,7 @@ export class HostPlumbing {
     for (const m of msgs) {
       if (m.kind !== "route" || m.data.family !== AF_INET) continue;
       if (routeTable(m) !== RT_TABLE_MAIN) continue;
-      if (enumValue(RouteProtocolMap, m.data.protocol) !== VXMESH_RTPROT) continue;
+      if (routeProtocol(m) !== VXMESH_RTPROT) continue;
       if (m.attrs.oif !== index) continue;
       const dstLen = m.data.dstLen ?? 0;
       routes.push({
@@ -737,7 +716,7 @@ export class HostPlumbing {
         onlink: (routeFlagBits(m.data.flags) & RTNH_F_ONLINK) !== 0,
         priority: m.attrs.priority ?? 0,
         tos: m.data.tos ?? 0,
-        type: enumValue(RouteTypeMap, m.data.type),
+        type: routeType(m),
       });
     }
     return routes;
