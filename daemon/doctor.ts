@@ -7,8 +7,9 @@ import * as dgram from "node:dgram";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import type { Peer } from "../encap/fdb";
-import { formatIpv4, formatSubnet, type Parsed } from "../encap/types";
+import { formatIpv4, formatSubnet } from "../encap/types";
 import { hostRouteOverlapMessage, hostRouteOverlaps, serviceOverlapMessage, serviceOverlaps } from "../control/cidr-overlap";
+import { CAP_NET_ADMIN, parseStatusCaps } from "./capabilities";
 import { readHostRoutes } from "../control/host-routes";
 import { loadKeyring } from "../control/keyring";
 import { findUnderlayInterface } from "../control/underlay";
@@ -29,19 +30,6 @@ export interface CheckResult {
   reason: string;
   /** How to fix it (failures). */
   hint?: string;
-}
-
-export const CAP_NET_ADMIN = 12;
-
-/** The effective capability set from /proc/<pid>/status text ("CapEff:\t0000003fffffffff"). */
-export function parseCapEff(statusText: string): Parsed<bigint> {
-  const m = /^CapEff:\s*([0-9a-fA-F]{1,16})\s*$/m.exec(statusText);
-  if (m === null) return { ok: false, error: "no CapEff line of up to 16 hex digits" };
-  return { ok: true, value: BigInt(`0x${m[1] as string}`) };
-}
-
-export function hasCapability(mask: bigint, cap: number): boolean {
-  return ((mask >> BigInt(cap)) & 1n) === 1n;
 }
 
 export type ReportStyle = "symbols" | "words";
@@ -90,10 +78,10 @@ function checkCapNetAdmin(): CheckResult {
   } catch (err) {
     return fail(id, `cannot read /proc/self/status (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, "mount /proc");
   }
-  const caps = parseCapEff(text);
-  if (!caps.ok) return fail(id, `/proc/self/status: ${caps.error}`, "mount /proc");
-  const hex = caps.value.toString(16).padStart(16, "0");
-  return hasCapability(caps.value, CAP_NET_ADMIN)
+  const caps = parseStatusCaps(process.pid, text);
+  if (caps === undefined) return fail(id, "/proc/self/status has no capability lines", "mount /proc");
+  const hex = caps.effective.toString(16).padStart(16, "0");
+  return (caps.effective & CAP_NET_ADMIN) !== 0n
     ? pass(id, `CAP_NET_ADMIN is in the effective set (CapEff ${hex})`)
     : fail(id, `CAP_NET_ADMIN is not in the effective set (CapEff ${hex})`,
       "run as root, or grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN; Kubernetes: securityContext.capabilities.add [NET_ADMIN])");

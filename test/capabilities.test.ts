@@ -16,6 +16,25 @@ import { parseDaemonConfig } from "../daemon/config";
 const execFileP = promisify(execFile);
 const ADDON = path.resolve(__dirname, "..", "build", "Release", "vxmesh_native.node");
 
+const STATUS = "Name:\tnode\nUmask:\t0022\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t%s\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t0\n";
+
+describe("the effective set, as doctor reads it", () => {
+  it("reads the effective set and tests CAP_NET_ADMIN (bit 12)", () => {
+    const eff = (hex: string): bigint | undefined => parseStatusCaps(1, STATUS.replace("%s", hex))?.effective;
+    expect(eff("000001ffffffffff")).toBe(0x1ffffffffffn);
+    expect(((eff("000001ffffffffff") ?? 0n) & CAP_NET_ADMIN) !== 0n).toBe(true);
+    expect(((eff("0000000000001000") ?? 0n) & CAP_NET_ADMIN) !== 0n).toBe(true);
+    expect(((eff("0000000000000000") ?? 0n) & CAP_NET_ADMIN) !== 0n).toBe(false);
+    expect(((eff("000001ffffffefff") ?? 0n) & CAP_NET_ADMIN) !== 0n).toBe(false);
+  });
+
+  it("refuses text without a CapEff line", () => {
+    expect(parseStatusCaps(1, "Name:\tnode\n")).toBeUndefined();
+    expect(parseStatusCaps(1, STATUS.replace("%s", "zz"))).toBeUndefined();
+    expect(parseStatusCaps(1, STATUS.replace("CapEff:\t%s\n", ""))).toBeUndefined();
+  });
+});
+
 describe("--keep-caps", () => {
   it("takes auto, all, or names (any case, cap_ prefix optional) that include net_admin", () => {
     expect(parseKeepCaps("auto")).toEqual({ ok: true, value: { kind: "auto" } });

@@ -1,29 +1,8 @@
-// daemon/doctor.ts, the pure parts: CapEff parsing and the report's lines.
+// daemon/doctor.ts, the pure parts: the report's lines (its capability check reads them with
+// capabilities.ts's parseStatusCaps, tested in capabilities.test.ts).
 
 import { describe, expect, it } from "vitest";
-import { CAP_NET_ADMIN, doctorExitCode, formatReport, hasCapability, parseCapEff, type CheckResult } from "../daemon/doctor";
-
-const STATUS = "Name:\tnode\nUmask:\t0022\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t%s\nCapBnd:\t000001ffffffffff\n";
-
-describe("parseCapEff", () => {
-  it("reads the effective set and tests CAP_NET_ADMIN (bit 12)", () => {
-    const root = parseCapEff(STATUS.replace("%s", "000001ffffffffff"));
-    expect(root).toEqual({ ok: true, value: 0x1ffffffffffn });
-    expect(root.ok && hasCapability(root.value, CAP_NET_ADMIN)).toBe(true);
-    const netAdminOnly = parseCapEff(STATUS.replace("%s", "0000000000001000"));
-    expect(netAdminOnly.ok && hasCapability(netAdminOnly.value, CAP_NET_ADMIN)).toBe(true);
-    const none = parseCapEff(STATUS.replace("%s", "0000000000000000"));
-    expect(none.ok && hasCapability(none.value, CAP_NET_ADMIN)).toBe(false);
-    const allButNetAdmin = parseCapEff(STATUS.replace("%s", "000001ffffffefff"));
-    expect(allButNetAdmin.ok && hasCapability(allButNetAdmin.value, CAP_NET_ADMIN)).toBe(false);
-  });
-
-  it("refuses text without a CapEff line", () => {
-    expect(parseCapEff("Name:\tnode\n").ok).toBe(false);
-    expect(parseCapEff("CapEff:\tzz\n").ok).toBe(false);
-    expect(parseCapEff(STATUS.replace("CapEff", "CapAmb").replace("%s", "0"))).toEqual({ ok: false, error: "no CapEff line of up to 16 hex digits" });
-  });
-});
+import { doctorExitCode, formatReport, type CheckResult } from "../daemon/doctor";
 
 describe("formatReport", () => {
   const results: CheckResult[] = [
