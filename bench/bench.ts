@@ -37,6 +37,7 @@ import {
   formatNumber,
   formatRatio,
   percentile,
+  POLL_PATH_FLAGS,
   renderJson,
   renderMarkdown,
   renderSvg,
@@ -49,7 +50,7 @@ import {
   type ScenarioResult,
 } from "./report";
 
-export { PATH_NAMES, SCENARIO_NAMES } from "./report";
+export { PATH_NAMES, POLL_PATH_FLAGS, SCENARIO_NAMES } from "./report";
 export type { BenchResults, PathName, ScenarioName } from "./report";
 
 const execFileP = promisify(execFile);
@@ -503,10 +504,10 @@ async function setupPath(name: PathName, opts: SuiteOptions, log: (l: string) =>
   let health: () => string | undefined = () => undefined;
   const notes: string[] = [];
   try {
-    if (name === "vxmesh") {
+    if (name === "vxmesh" || name === "vxmesh-poll") {
       const c = new Cluster(lab);
       cluster = c;
-      await c.startAll({ extraArgs: opts.daemonArgs ?? [] });
+      await c.startAll({ extraArgs: [...(name === "vxmesh-poll" ? POLL_PATH_FLAGS : []), ...(opts.daemonArgs ?? [])] });
       stopPath = () => c.stopAll();
       pids = () => [...c.daemons.values()].map((d) => d.child.pid).filter((p): p is number => p !== undefined);
       health = () => {

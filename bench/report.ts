@@ -6,8 +6,11 @@
 // ---------------------------------------------------------------------------------------------
 // Names
 
-export const PATH_NAMES = ["kernel", "vxmesh", "fastd"] as const;
+export const PATH_NAMES = ["kernel", "vxmesh", "vxmesh-poll", "fastd"] as const;
 export type PathName = (typeof PATH_NAMES)[number];
+
+/** The flags that make the vxmesh-poll path: vxmesh tuned for latency by busy-polling for 2 ms. */
+export const POLL_PATH_FLAGS: readonly string[] = ["--busy-poll", "2000"];
 
 export const SCENARIO_NAMES = ["tcp1", "tcp4", "udp64", "udp1400", "rtt"] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
@@ -248,6 +251,7 @@ export function renderMarkdown(results: BenchResults): string {
   if (c.udpGenerator !== "") lines.push(`- UDP load: ${c.udpGenerator}`);
   if (c.rttMethod !== "") lines.push(`- RTT: ${c.rttMethod}; ${c.rttSamples} samples per repetition, one per millisecond`);
   if (c.daemonArgs.length > 0) lines.push(`- vxmesh daemon flags: \`${c.daemonArgs.join(" ")}\``);
+  if (c.paths.includes("vxmesh-poll")) lines.push(`- vxmesh-poll: the vxmesh daemons with \`${POLL_PATH_FLAGS.join(" ")}\`${c.daemonArgs.length > 0 ? " and the flags above" : ""}`);
   lines.push("", renderTable(results).trimEnd(), "");
   lines.push(
     `Ratios are median ÷ the ${BASELINE_PATH} median: above 1 is better for throughput and packet rate, below 1 is better for latency. CPU and RSS have no kernel figure (no process to measure), and loss has no ratio (the kernel's is about 0).`,
@@ -274,6 +278,7 @@ export function renderJson(results: BenchResults): string {
 export const PATH_COLOURS: Record<PathName, string> = {
   kernel: "#6b7280",
   vxmesh: "#2563eb",
+  "vxmesh-poll": "#0891b2",
   fastd: "#d97706",
 };
 

@@ -5,7 +5,7 @@
 import { execFileSync } from "node:child_process";
 import { resolve } from "node:path";
 import type { Parsed } from "../encap/types";
-import { fastdInstalled, runSucceeded, runSuite, writeResults, PATH_NAMES, SCENARIO_NAMES, type PathName, type ScenarioName } from "../bench/bench";
+import { fastdInstalled, runSucceeded, runSuite, writeResults, PATH_NAMES, POLL_PATH_FLAGS, SCENARIO_NAMES, type PathName, type ScenarioName } from "../bench/bench";
 import { renderTable } from "../bench/report";
 import { formatHelp, intInRange, parseFlags } from "./flags";
 
@@ -30,7 +30,7 @@ function words(text: string): Parsed<string[]> {
 }
 
 const benchFlags = {
-  paths: { name: "paths", help: "data paths to compare: kernel, vxmesh, fastd", defaultText: "kernel,vxmesh,fastd (fastd only when /usr/bin/fastd exists)", parse: listOf(PATH_NAMES) },
+  paths: { name: "paths", help: `data paths to compare: kernel, vxmesh, vxmesh-poll (vxmesh with ${POLL_PATH_FLAGS.join(" ")}), fastd`, defaultText: "kernel,vxmesh,vxmesh-poll,fastd (fastd only when /usr/bin/fastd exists)", parse: listOf(PATH_NAMES) },
   scenarios: { name: "scenarios", help: "loads to run: tcp1, tcp4, udp64, udp1400, rtt (daemon CPU/RSS are sampled during tcp1)", defaultText: "tcp1,tcp4,udp64,udp1400,rtt", parse: listOf(SCENARIO_NAMES) },
   seconds: { name: "seconds", help: "length of each throughput measurement, 1-120 (rtt always takes 2000 round trips, about 2.5 s)", defaultText: "5", parse: intInRange(1, 120) },
   repeat: { name: "repeat", help: "repetitions of each measurement (the median is reported), 1-20", defaultText: "3", parse: intInRange(1, 20) },
@@ -78,7 +78,7 @@ export async function runBench(argv: string[]): Promise<number> {
       return 2;
     }
   } else {
-    paths = fastdInstalled() ? ["kernel", "vxmesh", "fastd"] : ["kernel", "vxmesh"];
+    paths = fastdInstalled() ? ["kernel", "vxmesh", "vxmesh-poll", "fastd"] : ["kernel", "vxmesh", "vxmesh-poll"];
   }
   const scenarios: ScenarioName[] = v.scenarios ?? [...SCENARIO_NAMES];
   if (process.getuid?.() !== 0) {

@@ -118,7 +118,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   try {
     const dp = await DataPlane.start({
       underlayIp: config.underlayIp, vxlanPort: config.vxlanPort, vni: config.vni, tap: config.tap, vtepMac: config.vtepMac,
-      mtu, batch: config.batch, sourcePorts: config.sourcePorts, offload: config.offload,
+      mtu, batch: config.batch, sourcePorts: config.sourcePorts, offload: config.offload, busyPollUs: config.busyPoll,
     }, log);
     cleanups.push(() => dp.stop());
 
@@ -250,7 +250,7 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
 
     log.info({
       node: config.nodeName, mode: src.kind, vtepMac: formatMac(config.vtepMac), underlay: `${formatIpv4(config.underlayIp)} (${underlay.value.ifname})`,
-      vni: config.vni, vxlanPort: config.vxlanPort, tap: dp.tapName, mtu, offload: config.offload, controlSocket: controlSocketPath(config.runDir),
+      vni: config.vni, vxlanPort: config.vxlanPort, tap: dp.tapName, mtu, offload: config.offload, busyPollUs: config.busyPoll, controlSocket: controlSocketPath(config.runDir),
       ...(src.kind === "static" ? { subnet: formatSubnet(src.subnet), peers: staticPeers.length } : { gossipPort: src.gossipPort, join: src.join.map((j) => `${formatIpv4(j.ip)}:${j.port}`) }),
     }, "vxmesh forwarding");
 

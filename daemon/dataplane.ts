@@ -31,6 +31,7 @@ export interface DataPlaneOptions {
   batch: number;
   sourcePorts: number;
   offload: boolean;
+  busyPollUs: number;
 }
 
 /** Kernel changes made, cumulative: what a change of peers or subnet asked for, and repairs of drift. */
@@ -98,7 +99,7 @@ export class DataPlane {
       const forwarder = await Forwarder.start({
         tapFd: tap.fd, udpFd, sendFds, peers: [],
         core: { vni: o.vni, port: o.vxlanPort, mtu: o.mtu, batch: o.batch, sourcePorts: o.sourcePorts },
-        offload: o.offload ? OFFLOAD_BATCHES : undefined,
+        offload: o.offload ? OFFLOAD_BATCHES : undefined, busyPollUs: o.busyPollUs,
       });
       cleanups.push(() => forwarder.stop());
       const dp = new DataPlane(tap.name, o.mtu, forwarder, plumbing, undo);

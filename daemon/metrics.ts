@@ -39,6 +39,8 @@ export function renderMetrics(s: DaemonStatus): string {
     Object.entries(c).filter(([k]) => k.startsWith("drop_")).map(([k, v]) => [`{reason="${k.slice(5)}"}`, v]));
   family("vxmesh_forwarder_batches_total", "counter", "Forwarder wake-ups that moved traffic, by source (frames ÷ batches = batch size).", [
     ['{source="tap"}', n("tap_read_batches")], ['{source="underlay"}', n("udp_recv_batches")]]);
+  family("vxmesh_forwarder_wakeups_total", "counter", "Forwarder wake-ups that found traffic: while busy-polling (--busy-poll), or after sleeping in poll().", [
+    ['{how="busy_poll"}', n("wakeups_busy_poll")], ['{how="sleep"}', n("wakeups_sleep")]]);
   if (s.batchSizes !== undefined) {
     histogram("vxmesh_forwarder_batch_size", "Entries per forwarder read: frames (or super-frames) from the TAP, datagrams (or GRO runs) from the underlay.", [
       [{ source: "tap" }, s.batchSizes.tap], [{ source: "underlay" }, s.batchSizes.underlay]]);

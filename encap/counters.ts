@@ -26,6 +26,9 @@ export enum Counter {
   UdpRxGroRuns,
   /** Fast path: super-frames written to the TAP after merging segments. */
   TapTxSuperFrames,
+  /** Forwarder wake-ups with work, found while busy-polling (--busy-poll) or after sleeping in poll(). */
+  WakeupsBusyPoll,
+  WakeupsSleep,
   // Drops, by reason.
   DropRunt,
   DropMissingIFlag,

@@ -39,12 +39,17 @@ function main(): void {
   const revents = new Int32Array(3);
   port.postMessage({ type: "ready" });
 
+  // Busy-polling starts after a wake with traffic and lasts until busyPollUs pass without any.
+  let traffic = false;
   while (true) {
-    native.pollIn(fds, revents, POLL_TIMEOUT_MS);
+    const ready = native.pollIn(fds, revents, POLL_TIMEOUT_MS, traffic ? data.busyPollUs : 0);
     if (revents[2] !== 0) {
       native.eventfdDrain(data.wakeFd);
       if (!handleMessages(port, pump)) break;
     }
+    traffic = revents[0] !== 0 || revents[1] !== 0;
+    if (!traffic) continue;
+    counters[ready < 0 ? Counter.WakeupsBusyPoll : Counter.WakeupsSleep]! += 1;
     if (revents[0] !== 0) pump.fromTap();
     if (revents[1] !== 0) pump.fromUnderlay();
   }

@@ -23,6 +23,8 @@ export interface ForwarderWorkerData {
   core: ForwarderCoreOptions;
   /** Present when the TAP speaks virtio-net headers with TSO and the socket has UDP_GRO. */
   offload: OffloadSettings | undefined;
+  /** µs to keep polling without sleeping after traffic; 0 sleeps at once. */
+  busyPollUs: number;
   peers: readonly Peer[];
   /** Traffic counter slot of each of `peers`. */
   slots: readonly number[];
@@ -50,6 +52,8 @@ export interface ForwarderOptions {
   sendFds: readonly number[];
   core: ForwarderCoreOptions;
   offload?: OffloadSettings;
+  /** µs to keep polling without sleeping after traffic (default 0: sleep at once). */
+  busyPollUs?: number;
   peers: readonly Peer[];
 }
 
@@ -91,7 +95,7 @@ export class Forwarder {
     const slots = new PeerSlots();
     const data: ForwarderWorkerData = {
       tapFd: options.tapFd, udpFd: options.udpFd, sendFds: options.sendFds, wakeFd, counters, core: options.core,
-      offload: options.offload, peers: options.peers, slots: slots.assign(options.peers.map((p) => p.name), new Set()).slots,
+      offload: options.offload, busyPollUs: options.busyPollUs ?? 0, peers: options.peers, slots: slots.assign(options.peers.map((p) => p.name), new Set()).slots,
     };
     const worker = new Worker(workerScript(), { workerData: data });
     const forwarder = new Forwarder(worker, wakeFd, new Float64Array(counters), slots, options.peers);

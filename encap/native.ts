@@ -101,8 +101,13 @@ export interface NativeShim {
    * poll(2) for POLLIN on each fd, waiting at most timeoutMs (-1 forever). Writes revents to
    * revents[i] (nonzero means readable or error/hangup). Returns the number of ready fds,
    * 0 on timeout; EINTR counts as 0.
+   *
+   * With spinUs > 0 (at most 1,000,000) it busy-polls first: poll without sleeping, yield the
+   * CPU to any runnable thread, again, for up to spinUs µs; only then does it sleep. Fds found
+   * ready while busy-polling are returned negated (−n), so callers can count wake-ups that cost
+   * no sleep.
    */
-  pollIn(fds: Int32Array, revents: Int32Array, timeoutMs: number): number;
+  pollIn(fds: Int32Array, revents: Int32Array, timeoutMs: number, spinUs?: number): number;
 
   /** eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC) for waking a thread blocked in pollIn. */
   eventfdOpen(): number;

@@ -12,6 +12,7 @@ import { Lab, listNetns, waitFor } from "../bench/lab";
 import type { LabNode, LabPod, NsRef } from "../bench/lab";
 
 const STREAM_BYTES = 50 * 1024 * 1024;
+const BUSY_POLL_US = 20_000;
 
 // ---------------------------------------------------------------------------------------------
 // Scripts run with `node -e` inside pod / node namespaces. Arguments come as one JSON string in
@@ -322,7 +323,10 @@ describe("3 nodes × 2 pods through vxmesh", () => {
     lab = await Lab.build({ nodes: [1, 2, 3].map(() => ({ overlay: "vxmesh" as const, pods: 2 })) });
     const t1 = Date.now();
     cluster = new Cluster(lab);
-    await cluster.startAll();
+    // n1 never busy-polls, n2 does briefly (the default), n3 for long: every test below runs
+    // through forwarders of all three kinds.
+    await Promise.all([cluster.start(lab.node("n1"), { extraArgs: ["--busy-poll", "0"] }), cluster.start(lab.node("n2")),
+      cluster.start(lab.node("n3"), { extraArgs: ["--busy-poll", String(BUSY_POLL_US)] })]);
     console.log(`lab build ${t1 - t0} ms, daemons ready ${Date.now() - t1} ms`);
   });
 
@@ -464,6 +468,22 @@ describe("3 nodes × 2 pods through vxmesh", () => {
       { timeoutMs: 5000, intervalMs: 50, what: "n1's daemon to restore its route and neighbour for n2" });
     console.log(`route + neighbour restored ${Date.now() - t0} ms after deletion`);
     expect(await l.ping(n1.pods[0] as LabPod, (n2.pods[0] as LabPod).ip, { count: 2 })).toBe(true);
+  });
+
+  it("with --busy-poll the forwarder finds traffic without sleeping; with --busy-poll 0, it sleeps", async () => {
+    const l = lab as Lab;
+    const c = cluster as Cluster;
+    const counters = async (node: string): Promise<Record<string, number>> => (await c.daemon(node).status()).counters;
+    const [before1, before3] = [await counters("n1"), await counters("n3")];
+    const [src, dst] = [l.node("n1").pods[0] as LabPod, l.node("n3").pods[0] as LabPod];
+    // 200 echo requests 2 ms apart: the next frame reaches n3 well inside its window.
+    const r = await l.exec(src, ["ping", "-n", "-q", "-c", "200", "-i", "0.002", "-W", "1", dst.ip]);
+    expect(r.code, r.stdout + r.stderr).toBe(0);
+    const [after1, after3] = [await counters("n1"), await counters("n3")];
+    const delta = (a: Record<string, number>, b: Record<string, number>, k: string): number => (a[k] ?? 0) - (b[k] ?? 0);
+    expect(delta(after3, before3, "wakeups_busy_poll")).toBeGreaterThan(100);
+    expect(delta(after1, before1, "wakeups_busy_poll")).toBe(0);
+    expect(delta(after1, before1, "wakeups_sleep")).toBeGreaterThan(100);
   });
 
   it("no daemon counted a drop other than group destinations", async () => {

@@ -4,11 +4,12 @@
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { Worker } from "node:worker_threads";
+import { waitFor } from "../bench/lab";
 import { loadNative } from "../encap/native";
 
 const shim = loadNative();
@@ -393,6 +394,65 @@ describe("native shim: eventfd", () => {
       await worker.terminate();
       shim.close(efd);
     }
+  });
+});
+
+describe("native shim: busy-polling pollIn", () => {
+  /**
+   * A worker thread calls pollIn(eventfd, timeout 20 s, spinUs) and reports what it returned;
+   * `signal` decides when the eventfd is written, given the worker's thread id.
+   */
+  async function pollInWorker(spinUs: number, signal: (tid: string) => Promise<void>): Promise<{ n: number; revents: number }> {
+    const efd = shim.eventfdOpen();
+    const worker = new Worker(
+      `
+      const { parentPort, workerData } = require("node:worker_threads");
+      const { readlinkSync } = require("node:fs");
+      const shim = require(workerData.addon);
+      const revents = new Int32Array(1);
+      parentPort.postMessage({ tid: readlinkSync("/proc/thread-self").split("/").pop() });
+      const n = shim.pollIn(Int32Array.of(workerData.efd), revents, 20000, workerData.spinUs);
+      parentPort.postMessage({ n, revents: revents[0] });
+      `,
+      { eval: true, workerData: { addon: ADDON_PATH, efd, spinUs } },
+    );
+    try {
+      return await new Promise((resolve, reject) => {
+        worker.on("error", reject);
+        worker.on("exit", (code) => reject(new Error(`worker exited early with ${code}`)));
+        worker.on("message", (m: { tid?: string; n: number; revents: number }) => {
+          if (m.tid !== undefined) signal(m.tid).then(() => shim.eventfdSignal(efd), reject);
+          else resolve(m);
+        });
+      });
+    } finally {
+      await worker.terminate();
+      shim.close(efd);
+    }
+  }
+
+  /** Where the thread sleeps in the kernel ("0" while it runs or yields). */
+  const wchan = (tid: string): string => readFileSync(`/proc/self/task/${tid}/wchan`, "utf8");
+
+  it("returns the ready count negated when it found the fd without sleeping", async () => {
+    // The largest window, 1 s: the signal comes right after the worker reports in, while it polls.
+    const r = await pollInWorker(1_000_000, async () => {});
+    expect(r.n).toBe(-1);
+    expect(r.revents & POLLIN).toBe(POLLIN);
+  });
+
+  it("sleeps in poll() once the window has passed, and then returns a positive count", async () => {
+    const r = await pollInWorker(1000, async (tid) => {
+      await waitFor(() => /^(?!ep_).*poll/.test(wchan(tid)), { timeoutMs: 5000, intervalMs: 5, what: "the worker to sleep in poll()" });
+    });
+    expect(r.n).toBe(1);
+    expect(r.revents & POLLIN).toBe(POLLIN);
+  });
+
+  it("rejects a window outside 0..1000000 µs", () => {
+    const fds = Int32Array.of(0);
+    expect(() => shim.pollIn(fds, new Int32Array(1), 0, -1)).toThrow(RangeError);
+    expect(() => shim.pollIn(fds, new Int32Array(1), 0, 1_000_001)).toThrow(RangeError);
   });
 });
 

@@ -911,17 +911,24 @@ static napi_value checksum_many(napi_env env, napi_callback_info info) {
 /* poll, eventfd, close                                                                       */
 /* ------------------------------------------------------------------------------------------ */
 
-/** pollIn(fds, revents, timeoutMs) -> ready fds (0 on timeout or EINTR) */
+/**
+ * pollIn(fds, revents, timeoutMs[, spinUs]) -> ready fds (0 on timeout or EINTR), negated when
+ * they were found while busy-polling: with spinUs > 0 it first polls without sleeping, yielding
+ * the CPU between polls, for up to spinUs µs, and only then sleeps in poll().
+ */
 static napi_value poll_in(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
-  if (!get_args(env, info, 3, argv)) return NULL;
+  napi_value argv[4];
+  if (!get_args(env, info, 4, argv)) return NULL;
 
   int32_t *fds, *revents;
   size_t fds_len, revents_len;
-  int64_t timeout;
+  int64_t timeout, spin_us = 0;
+  napi_valuetype spin_type;
   if (!arg_typed(env, argv[0], "fds", napi_int32_array, (void **)&fds, &fds_len) ||
       !arg_typed(env, argv[1], "revents", napi_int32_array, (void **)&revents, &revents_len) ||
-      !arg_int(env, argv[2], "timeoutMs", -1, INT_MAX, &timeout)) {
+      !arg_int(env, argv[2], "timeoutMs", -1, INT_MAX, &timeout) ||
+      napi_typeof(env, argv[3], &spin_type) != napi_ok ||
+      (spin_type != napi_undefined && !arg_int(env, argv[3], "spinUs", 0, 1000000, &spin_us))) {
     return NULL;
   }
   if (fds_len > POLL_MAX_FDS) {
@@ -937,7 +944,26 @@ static napi_value poll_in(napi_env env, napi_callback_info info) {
     pfds[i].events = POLLIN;
     pfds[i].revents = 0;
   }
-  int ready = poll(pfds, fds_len, (int)timeout);
+  int ready = 0;
+  if (spin_us > 0) {
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+      ready = poll(pfds, fds_len, 0);
+      if (ready != 0) break;
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      int64_t spent_us = (int64_t)(now.tv_sec - t0.tv_sec) * 1000000 + (now.tv_nsec - t0.tv_nsec) / 1000;
+      if (spent_us >= spin_us) break;
+      // Any runnable thread on this CPU (such as the pod a frame was just written for) goes
+      // first: spinning without yielding starves it on a small machine and costs more than it saves.
+      sched_yield();
+    }
+    if (ready > 0) {
+      for (size_t i = 0; i < fds_len; i++) revents[i] = pfds[i].revents;
+      return ret_int(env, -ready);
+    }
+  }
+  if (ready == 0) ready = poll(pfds, fds_len, (int)timeout);
   if (ready < 0) {
     if (errno != EINTR) {
       throw_errno(env, "poll", errno);
