@@ -112,6 +112,7 @@ describe("config sources: flag > env > file > default", () => {
     const c = value([], {});
     expect(c.vni).toBe(1);
     expect(c.offload).toBe(true);
+    expect(c.busyPoll).toBe(50);
     expect(cidrs(c)).toEqual([]);
     expect(gossip(c).join).toEqual([]);
     expect(formatSubnet(gossip(c).clusterCidr)).toBe("10.244.0.0/16");
@@ -170,6 +171,8 @@ describe("config sources: flag > env > file > default", () => {
       return r.error;
     };
     expect(err(["--offload=maybe"], {})).toBe('--offload "maybe" is not valid: expected true or false');
+    expect(err(["--busy-poll", "100001"], {})).toBe('--busy-poll "100001" is not valid: expected an integer from 0 to 100000');
+    expect(value(["--busy-poll", "0"], {}).busyPoll).toBe(0);
     expect(err([], { VXMESH_OFFLOAD: "maybe" })).toBe('VXMESH_OFFLOAD "maybe" is not valid: expected true or false');
     expect(err([], {}, file("# comment\noffload: maybe"))).toBe('offload "maybe" in /etc/vxmesh/vxmesh.yaml:2 is not valid: expected true or false');
     expect(err([], {}, file("vni: 16777216"))).toBe('vni "16777216" in /etc/vxmesh/vxmesh.yaml:1 is not valid: expected an integer from 0 to 16777215');
