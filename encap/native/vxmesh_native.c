@@ -254,6 +254,24 @@ static bool arg_typed(napi_env env, napi_value v, const char *name, napi_typedar
   return true;
 }
 
+/** A string of 1 to size-1 UTF-8 bytes, copied NUL-terminated into buf. */
+static bool arg_string(napi_env env, napi_value v, const char *name, char *buf, size_t size) {
+  napi_valuetype type;
+  NAPI_CHECK_BOOL(env, napi_typeof(env, v, &type));
+  if (type != napi_string) {
+    throw_arg(env, ARG_TYPE, "%s must be a string", name);
+    return false;
+  }
+  size_t len;
+  NAPI_CHECK_BOOL(env, napi_get_value_string_utf8(env, v, NULL, 0, &len));
+  if (len == 0 || len >= size) {
+    throw_arg(env, ARG_RANGE, "%s must be 1 to %zu bytes", name, size - 1);
+    return false;
+  }
+  NAPI_CHECK_BOOL(env, napi_get_value_string_utf8(env, v, buf, size, &len));
+  return true;
+}
+
 /** Like arg_typed, but undefined yields data = NULL. */
 static bool opt_typed(napi_env env, napi_value v, const char *name, napi_typedarray_type want,
                       void **data, size_t *length) {
@@ -355,24 +373,12 @@ static napi_value tap_open(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
 
-  napi_valuetype type;
-  NAPI_CHECK(env, napi_typeof(env, argv[0], &type));
-  if (type != napi_string) {
-    throw_arg(env, ARG_TYPE, "name must be a string");
-    return NULL;
-  }
-  size_t name_len;
-  NAPI_CHECK(env, napi_get_value_string_utf8(env, argv[0], NULL, 0, &name_len));
-  if (name_len >= IFNAMSIZ) {
-    throw_arg(env, ARG_RANGE, "name must be at most %d bytes", IFNAMSIZ - 1);
-    return NULL;
-  }
-
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
-  NAPI_CHECK(env, napi_get_value_string_utf8(env, argv[0], ifr.ifr_name, IFNAMSIZ, &name_len));
+  if (!arg_string(env, argv[0], "name", ifr.ifr_name, IFNAMSIZ)) return NULL;
   ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
 
+  napi_valuetype type;
   NAPI_CHECK(env, napi_typeof(env, argv[1], &type));
   if (type == napi_object) {
     bool vnet_hdr, multi_queue;
@@ -1062,20 +1068,9 @@ static napi_value in_netns(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;
 
-  napi_valuetype type;
-  NAPI_CHECK(env, napi_typeof(env, argv[0], &type));
-  if (type != napi_string) {
-    throw_arg(env, ARG_TYPE, "path must be a string");
-    return NULL;
-  }
   char path[PATH_MAX];
-  size_t path_len;
-  NAPI_CHECK(env, napi_get_value_string_utf8(env, argv[0], NULL, 0, &path_len));
-  if (path_len == 0 || path_len >= sizeof path) {
-    throw_arg(env, ARG_RANGE, "path must be 1 to %d bytes", PATH_MAX - 1);
-    return NULL;
-  }
-  NAPI_CHECK(env, napi_get_value_string_utf8(env, argv[0], path, sizeof path, &path_len));
+  if (!arg_string(env, argv[0], "path", path, sizeof path)) return NULL;
+  napi_valuetype type;
   NAPI_CHECK(env, napi_typeof(env, argv[1], &type));
   if (type != napi_function) {
     throw_arg(env, ARG_TYPE, "fn must be a function");
