@@ -96,6 +96,7 @@ const REQUIRED_FAMILIES: Record<string, string[]> = {
   "gossip messages and bytes": ["vxmesh_gossip_messages_total", "vxmesh_gossip_bytes_total"],
   "subnet lease state": ["vxmesh_subnet_lease"],
   "forwarder batch sizes": ["vxmesh_forwarder_batch_size"],
+  "forwarder wake-ups": ["vxmesh_forwarder_wakeups_total"],
   "reconcile changes": ["vxmesh_reconcile_changes_total"],
 };
 
@@ -225,6 +226,8 @@ describe("metrics, /healthz and /readyz from running daemons", () => {
     // The pings went through the forwarder in batches, to and from n2.
     expect(m.get('vxmesh_forwarder_batch_size_count{source="tap"}')).toBeGreaterThan(0);
     expect(m.get('vxmesh_forwarder_batch_size_count{source="underlay"}')).toBeGreaterThan(0);
+    const wakeups = (m.get('vxmesh_forwarder_wakeups_total{how="sleep"}') ?? 0) + (m.get('vxmesh_forwarder_wakeups_total{how="busy_poll"}') ?? 0);
+    expect(wakeups).toBeGreaterThanOrEqual(2);
     expect(m.get('vxmesh_peer_frames_total{peer="n2",direction="out"}')).toBeGreaterThanOrEqual(2);
     expect(m.get('vxmesh_peer_frames_total{peer="n2",direction="in"}')).toBeGreaterThanOrEqual(2);
     // Routing to n2 took one route and one neighbour.
