@@ -8,12 +8,12 @@
 
 import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
-import * as net from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Lab } from "../bench/lab";
 import { loadNative } from "../encap/native";
+import { requestControl } from "../daemon/control-socket";
 import { runInstallCni } from "../daemon/install-cni";
 import { hostVethName } from "../cni/handler";
 import { queuedDelPath } from "../cni/queue";
@@ -194,7 +194,7 @@ describe("vxmesh-cni with the handler running", () => {
       const local = await runPlugin(shim(), { command: "VERSION", config: { cniVersion: v } });
       expect(local.code).toBe(0);
       expect(local.json).toEqual({ cniVersion: v, supportedVersions: ["0.4.0", "1.0.0", "1.1.0"] });
-      const viaSocket = (await queryRaw(node, { op: "cni", env: { CNI_COMMAND: "VERSION" }, stdin: JSON.stringify({ cniVersion: v }) })) as { exitCode: number; stdout: string };
+      const viaSocket = (await requestControl(node.runDir, { op: "cni", env: { CNI_COMMAND: "VERSION" }, stdin: JSON.stringify({ cniVersion: v }) })) as { exitCode: number; stdout: string };
       expect(viaSocket.exitCode).toBe(0);
       expect(JSON.parse(viaSocket.stdout)).toEqual(local.json);
     }
@@ -572,23 +572,4 @@ function reservationOwners(node: CniNode): Record<string, string> {
   return out;
 }
 
-/** One raw request on the node's control socket (what the shim sends), returning `result`. */
-function queryRaw(node: CniNode, request: object): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const c = net.connect(node.socket);
-    let buf = "";
-    c.setEncoding("utf8");
-    c.once("connect", () => c.write(JSON.stringify(request) + "\n"));
-    c.on("data", (d: string) => {
-      buf += d;
-      const nl = buf.indexOf("\n");
-      if (nl < 0) return;
-      c.end();
-      const reply = JSON.parse(buf.slice(0, nl)) as { result?: unknown; error?: string };
-      if (reply.error !== undefined) reject(new Error(reply.error));
-      else resolve(reply.result);
-    });
-    c.once("error", reject);
-  });
-}
 
