@@ -66,6 +66,11 @@ export interface SuiteOptions {
   daemonArgs?: readonly string[];
   /** Round trips per rtt repetition (default 2000). */
   rttSamples?: number;
+  /**
+   * CPUs the sending and the receiving pod's processes are pinned to, the same for every path;
+   * undefined leaves placement to the scheduler.
+   */
+  podCpus?: readonly [number, number];
   /** One line per step and per measurement; default: to stderr. */
   progress?: (line: string) => void;
   /** Recorded in the results, e.g. "vxmesh bench --repeat 3". */
@@ -92,15 +97,28 @@ const NICE = ["nice", "-n", "19"];
 
 /** utime + stime (clock ticks) from the text of /proc/<pid>/stat. */
 export function parseProcStatTicks(text: string): number {
-  // The command name (field 2) is in parentheses and may contain spaces; fields after it are
-  // space-separated, utime and stime being fields 14 and 15 (11th and 12th after the ")").
-  const close = text.lastIndexOf(")");
-  if (close < 0) throw new Error("unexpected /proc/<pid>/stat format");
-  const rest = text.slice(close + 2).split(" ");
-  const utime = Number(rest[11]);
-  const stime = Number(rest[12]);
+  const fields = statFieldsAfterName(text);
+  const utime = Number(fields[11]);
+  const stime = Number(fields[12]);
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error("unexpected /proc/<pid>/stat format");
   return utime + stime;
+}
+
+/** The CPU a task last ran on (field 39) from the text of /proc/<pid>/stat. */
+export function parseProcStatCpu(text: string): number {
+  const cpu = Number(statFieldsAfterName(text)[36]);
+  if (!Number.isInteger(cpu) || cpu < 0) throw new Error("unexpected /proc/<pid>/stat format");
+  return cpu;
+}
+
+/**
+ * Fields 3 onwards of /proc/<pid>/stat: the command name (field 2) is in parentheses and may
+ * contain spaces, so the split starts after its last ")"; field n is at index n - 3.
+ */
+function statFieldsAfterName(text: string): string[] {
+  const close = text.lastIndexOf(")");
+  if (close < 0) throw new Error("unexpected /proc/<pid>/stat format");
+  return text.slice(close + 2).split(" ");
 }
 
 /** VmRSS in kB from the text of /proc/<pid>/status. */
@@ -486,6 +504,8 @@ interface ActivePath {
   readonly client: LabPod;
   readonly server: LabPod;
   readonly tools: BenchTools;
+  /** argv to run in `pod`: pinned to the pod's CPU when --pod-cpus is given, else as it is. */
+  inPod(pod: LabPod, argv: readonly string[]): string[];
   /** Pids of the userspace data path (daemons, fastd); empty for the kernel. */
   pids(): number[];
   /** How this path's lab differs from a plain Lab.build, for the record. */
@@ -538,7 +558,11 @@ async function setupPath(name: PathName, opts: SuiteOptions, log: (l: string) =>
       what: `${client.name} and ${server.name} to reach each other through ${name}`,
     });
     const tools = await prepareTools(lab.workDir(), udpSenderCount());
-    const iperf = lab.spawn(server, ["iperf3", "-s", "-B", server.ip, "-p", String(IPERF_PORT)]);
+    const inPod = (pod: LabPod, argv: readonly string[]): string[] => {
+      if (opts.podCpus === undefined) return [...argv];
+      return ["taskset", "-c", String(pod === client ? opts.podCpus[0] : opts.podCpus[1]), ...argv];
+    };
+    const iperf = lab.spawn(server, inPod(server, ["iperf3", "-s", "-B", server.ip, "-p", String(IPERF_PORT)]));
     iperf.stdout?.resume();
     iperf.stderr?.resume();
     log(`[${name}] lab ${lab.prefix} ready: ${client.name} ${client.ip} → ${server.name} ${server.ip}`);
@@ -548,6 +572,7 @@ async function setupPath(name: PathName, opts: SuiteOptions, log: (l: string) =>
       client,
       server,
       tools,
+      inPod,
       pids,
       health,
       notes,
@@ -615,7 +640,7 @@ async function iperfTcp(p: ActivePath, seconds: number, streams: number): Promis
   const argv = ["iperf3", "-c", p.server.ip, "-p", String(IPERF_PORT), "-t", String(seconds), "-O", "1", "-P", String(streams), "-J"];
   let last = "";
   for (let attempt = 0; attempt < 40; attempt++) {
-    const r = await p.lab.exec(p.client, argv, { timeoutMs: (seconds + 30) * 1000 });
+    const r = await p.lab.exec(p.client, p.inPod(p.client, argv), { timeoutMs: (seconds + 30) * 1000 });
     let report: IperfReport | undefined;
     try {
       report = JSON.parse(r.stdout) as IperfReport;
@@ -686,7 +711,7 @@ function collect(child: ChildProcess): { out: () => string; exited: Promise<numb
 
 async function measureUdp(p: ActivePath, seconds: number, size: number): Promise<Measurement> {
   const total = UDP_WARMUP_MS / 1000 + seconds + 1;
-  const hold = p.lab.spawn(p.server, p.tools.hold(UDP_PORT, total + 3));
+  const hold = p.lab.spawn(p.server, p.inPod(p.server, p.tools.hold(UDP_PORT, total + 3)));
   const holdOut = collect(hold);
   try {
     await waitFor(() => {
@@ -694,7 +719,7 @@ async function measureUdp(p: ActivePath, seconds: number, size: number): Promise
       return holdOut.out().includes("bound");
     }, { timeoutMs: 10_000, intervalMs: 20, what: `the UDP sink in ${p.server.name}` });
     const senders = Array.from({ length: p.tools.senders }, () => {
-      const c = p.lab.spawn(p.client, p.tools.send(p.server.ip, UDP_PORT, total, size));
+      const c = p.lab.spawn(p.client, p.inPod(p.client, p.tools.send(p.server.ip, UDP_PORT, total, size)));
       return { child: c, ...collect(c) };
     });
     try {
@@ -731,22 +756,33 @@ async function measureUdp(p: ActivePath, seconds: number, size: number): Promise
 
 async function measureRtt(p: ActivePath, samples: number): Promise<Measurement> {
   const budgetMs = (samples + RTT_WARMUP) * (RTT_GAP_US / 1000 + 5) + 30_000;
-  const server = p.lab.spawn(p.server, p.tools.echo(RTT_PORT, Math.ceil(budgetMs / 1000) + 5));
+  const server = p.lab.spawn(p.server, p.inPod(p.server, p.tools.echo(RTT_PORT, Math.ceil(budgetMs / 1000) + 5)));
   const serverOut = collect(server);
   try {
     await waitFor(() => {
       if (server.exitCode !== null) throw new Error(`rtt echo server exited: ${serverOut.out().trim()}`);
       return serverOut.out().includes("bound");
     }, { timeoutMs: 10_000, intervalMs: 20, what: `the rtt echo server in ${p.server.name}` });
-    const r = await p.lab.exec(p.client, p.tools.ping(p.server.ip, RTT_PORT, samples, RTT_WARMUP, RTT_GAP_US), { timeoutMs: budgetMs });
-    if (r.code !== 0) throw new Error(`rtt client exited ${String(r.code)}: ${r.stderr.trim()}`);
-    const res = JSON.parse(r.stdout.trim().split("\n").pop() ?? "") as { samples: number[]; lost: number };
+    const client = p.lab.spawn(p.client, p.inPod(p.client, p.tools.ping(p.server.ip, RTT_PORT, samples, RTT_WARMUP, RTT_GAP_US)));
+    let stdout = "";
+    let stderr = "";
+    client.stdout?.setEncoding("utf8").on("data", (c: string) => (stdout += c));
+    client.stderr?.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+    const placement = new PlacementSampler(client.pid, server.pid);
+    const deadline = setTimeout(() => client.kill("SIGKILL"), budgetMs);
+    const code = await new Promise<number | null>((resolve) => client.once("exit", (c) => resolve(c)));
+    clearTimeout(deadline);
+    const sameCpu = placement.finish();
+    if (code !== 0) throw new Error(`rtt client exited ${String(code ?? client.signalCode)}: ${stderr.trim()}`);
+    const res = JSON.parse(stdout.trim().split("\n").pop() ?? "") as { samples: number[]; lost: number };
     const p50 = percentile(res.samples, 50);
     const p99 = percentile(res.samples, 99);
     if (p50 === null || p99 === null) throw new Error(`no round trip completed (${res.lost} lost)`);
     const mean = res.samples.reduce((x, y) => x + y, 0) / res.samples.length;
+    const figures: Record<string, number> = { p50_us: p50, p99_us: p99 };
+    if (sameCpu !== undefined) figures["same_cpu_pct"] = sameCpu;
     return {
-      figures: { p50_us: p50, p99_us: p99 },
+      figures,
       detail: {
         samples: res.samples.length,
         lost: res.lost,
@@ -758,6 +794,39 @@ async function measureRtt(p: ActivePath, samples: number): Promise<Measurement> 
     };
   } finally {
     if (server.exitCode === null && server.signalCode === null) server.kill("SIGKILL");
+  }
+}
+
+/**
+ * Where the two pods' processes run while a round trip is timed: every 20 ms, the CPU each last
+ * ran on. A wake-up across CPUs costs far more than one on the same CPU on small VMs, so the
+ * round trip of any path depends on this placement, which the scheduler picks.
+ */
+class PlacementSampler {
+  private samples = 0;
+  private same = 0;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly a: number | undefined, private readonly b: number | undefined) {
+    this.timer = setInterval(() => this.sample(), 20);
+  }
+
+  private sample(): void {
+    if (this.a === undefined || this.b === undefined) return;
+    try {
+      const ca = parseProcStatCpu(readFileSync(`/proc/${this.a}/stat`, "utf8"));
+      const cb = parseProcStatCpu(readFileSync(`/proc/${this.b}/stat`, "utf8"));
+      this.samples++;
+      if (ca === cb) this.same++;
+    } catch {
+      /* exited */
+    }
+  }
+
+  /** Percent of samples with both on one CPU; undefined without samples. */
+  finish(): number | undefined {
+    clearInterval(this.timer);
+    return this.samples === 0 ? undefined : (this.same / this.samples) * 100;
   }
 }
 
@@ -798,7 +867,7 @@ function describeFigures(scenario: ScenarioName, figures: Record<string, number>
     if (f.scenario !== scenario) continue;
     const v = figures[f.key];
     if (v === undefined) continue;
-    const name = f.key === "cpu_pct" ? "CPU " : f.key === "rss_mb" ? "RSS " : f.key === "loss_pct" ? "loss " : f.key === "p50_us" ? "p50 " : f.key === "p99_us" ? "p99 " : "";
+    const name = f.key === "cpu_pct" ? "CPU " : f.key === "rss_mb" ? "RSS " : f.key === "loss_pct" ? "loss " : f.key === "p50_us" ? "p50 " : f.key === "p99_us" ? "p99 " : f.key === "same_cpu_pct" ? "pods on one CPU " : "";
     parts.push(`${name}${formatNumber(v, f.digits)} ${f.unit}`);
   }
   return parts.join(" · ");
@@ -862,6 +931,7 @@ export async function runSuite(opts: SuiteOptions): Promise<BenchResults> {
       udpGenerator: "",
       rttMethod: "",
       rttSamples: opts.rttSamples ?? 2000,
+      podCpus: opts.podCpus === undefined ? null : [opts.podCpus[0], opts.podCpus[1]],
       command: opts.command ?? "vxmesh bench",
     },
     durationS: 0,

@@ -26,7 +26,8 @@ export interface FigureDef {
   /** Row label in the table, e.g. "tcp1 — one TCP stream". */
   readonly label: string;
   readonly unit: string;
-  readonly better: "higher" | "lower";
+  /** Which way is better; "neither" for a figure that describes the run (not charted). */
+  readonly better: "higher" | "lower" | "neither";
   /** Decimal places in the table. */
   readonly digits: number;
   /** Drawn in the SVG chart. */
@@ -48,6 +49,7 @@ export const FIGURES: readonly FigureDef[] = [
   { scenario: "udp1400", key: "loss_pct", label: "udp1400 — loss (offered without limit)", unit: "%", better: "lower", digits: 1, chart: false, noRatio: true },
   { scenario: "rtt", key: "p50_us", label: "rtt — round trip p50", unit: "µs", better: "lower", digits: 0, chart: true, chartLabel: "rtt p50" },
   { scenario: "rtt", key: "p99_us", label: "rtt — round trip p99", unit: "µs", better: "lower", digits: 0, chart: true, chartLabel: "rtt p99" },
+  { scenario: "rtt", key: "same_cpu_pct", label: "rtt — both pods on one CPU", unit: "% of the time", better: "neither", digits: 0, chart: false, noRatio: true },
 ];
 
 export function figureId(f: Pick<FigureDef, "scenario" | "key">): string {
@@ -83,6 +85,8 @@ export interface BenchConfig {
   /** How round trips were timed ("" when rtt did not run). */
   rttMethod: string;
   rttSamples: number;
+  /** CPUs the sending and receiving pods were pinned to (--pod-cpus); null: the scheduler's choice. */
+  podCpus: [number, number] | null;
   /** The command line, for the record. */
   command: string;
 }
@@ -250,11 +254,12 @@ export function renderMarkdown(results: BenchResults): string {
   ];
   if (c.udpGenerator !== "") lines.push(`- UDP load: ${c.udpGenerator}`);
   if (c.rttMethod !== "") lines.push(`- RTT: ${c.rttMethod}; ${c.rttSamples} samples per repetition, one per millisecond`);
+  if (c.podCpus !== null) lines.push(`- pods pinned: the sending pod's processes to CPU ${c.podCpus[0]}, the receiving pod's to CPU ${c.podCpus[1]} (\`--pod-cpus\`), on every path`);
   if (c.daemonArgs.length > 0) lines.push(`- vxmesh daemon flags: \`${c.daemonArgs.join(" ")}\``);
   if (c.paths.includes("vxmesh-poll")) lines.push(`- vxmesh-poll: the vxmesh daemons with \`${POLL_PATH_FLAGS.join(" ")}\`${c.daemonArgs.length > 0 ? " and the flags above" : ""}`);
   lines.push("", renderTable(results).trimEnd(), "");
   lines.push(
-    `Ratios are median ÷ the ${BASELINE_PATH} median: above 1 is better for throughput and packet rate, below 1 is better for latency. CPU and RSS have no kernel figure (no process to measure), and loss has no ratio (the kernel's is about 0).`,
+    `Ratios are median ÷ the ${BASELINE_PATH} median: above 1 is better for throughput and packet rate, below 1 is better for latency. CPU and RSS have no kernel figure (no process to measure), loss has no ratio (the kernel's is about 0), and the share of time both pods sat on one CPU describes the scheduler's placement, which moves round trips on every path.`,
     "",
   );
   const notes = results.paths.flatMap((p) => (p.notes ?? []).map((n) => `- ${p.path}: ${n}`));

@@ -3,6 +3,7 @@
 // Progress goes to stderr, the table and the file names to stdout.
 
 import { execFileSync } from "node:child_process";
+import { cpus } from "node:os";
 import { resolve } from "node:path";
 import type { Parsed } from "../encap/types";
 import { fastdInstalled, runSucceeded, runSuite, writeResults, PATH_NAMES, POLL_PATH_FLAGS, SCENARIO_NAMES, type PathName, type ScenarioName } from "../bench/bench";
@@ -29,12 +30,25 @@ function words(text: string): Parsed<string[]> {
   return { ok: true, value: text.split(/\s+/).filter((w) => w !== "") };
 }
 
+/** "C,S": the CPUs of the sending and the receiving pod, each from 0 to cpuCount - 1. */
+export function cpuPair(cpuCount: number): (text: string) => Parsed<[number, number]> {
+  const expected = `two CPU numbers from 0 to ${cpuCount - 1}, the sending pod's first (e.g. 0,${Math.min(1, cpuCount - 1)})`;
+  return (text) => {
+    const parts = text.split(",").map((s) => s.trim());
+    if (parts.length !== 2 || !parts.every((x) => /^\d+$/.test(x))) return { ok: false, error: expected };
+    const [c, s] = parts.map(Number) as [number, number];
+    if (c >= cpuCount || s >= cpuCount) return { ok: false, error: expected };
+    return { ok: true, value: [c, s] };
+  };
+}
+
 const benchFlags = {
   paths: { name: "paths", help: `data paths to compare: kernel, vxmesh, vxmesh-poll (vxmesh with ${POLL_PATH_FLAGS.join(" ")}), fastd`, defaultText: "kernel,vxmesh,vxmesh-poll,fastd (fastd only when /usr/bin/fastd exists)", parse: listOf(PATH_NAMES) },
   scenarios: { name: "scenarios", help: "loads to run: tcp1, tcp4, udp64, udp1400, rtt (daemon CPU/RSS are sampled during tcp1)", defaultText: "tcp1,tcp4,udp64,udp1400,rtt", parse: listOf(SCENARIO_NAMES) },
   seconds: { name: "seconds", help: "length of each throughput measurement, 1-120 (rtt always takes 2000 round trips, about 2.5 s)", defaultText: "5", parse: intInRange(1, 120) },
   repeat: { name: "repeat", help: "repetitions of each measurement (the median is reported), 1-20", defaultText: "3", parse: intInRange(1, 20) },
   out: { name: "out", help: "directory for bench-<date>.json, .md and .svg", defaultText: "bench-results", parse: (t: string): Parsed<string> => (t !== "" ? { ok: true, value: t } : { ok: false, error: "a directory" }) },
+  podCpus: { name: "pod-cpus", help: "pin the sending and the receiving pod's processes to these CPUs on every path, e.g. 0,1 (round trips depend on this placement on small VMs)", defaultText: "none: the scheduler places them", parse: cpuPair(cpus().length) },
   daemonArgs: { name: "daemon-args", help: "extra flags for the vxmesh daemons, e.g. \"--offload=false\"", defaultText: "none", parse: words },
 };
 
@@ -101,6 +115,7 @@ export async function runBench(argv: string[]): Promise<number> {
     seconds,
     repeat,
     daemonArgs: v.daemonArgs ?? [],
+    podCpus: v.podCpus,
     command: ["vxmesh", "bench", ...argv].map(quote).join(" "),
   });
   const files = writeResults(results, outDir);

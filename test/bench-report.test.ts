@@ -3,10 +3,11 @@
 // kernel path (root only).
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseIpLinkStats, parseProcStatTicks, parseUdpDatagramsIn, parseVmRssKb, runSuite, runSucceeded, udpRates, writeResults } from "../bench/bench";
+import { cpuPair } from "../daemon/bench-command";
+import { parseIpLinkStats, parseProcStatCpu, parseProcStatTicks, parseUdpDatagramsIn, parseVmRssKb, runSuite, runSucceeded, udpRates, writeResults } from "../bench/bench";
 import { fastdConfig, parseGeneratedKey } from "../bench/fastd";
 import {
   FIGURES,
@@ -61,6 +62,7 @@ function sampleResults(): BenchResults {
       udpGenerator: "2 × test senders",
       rttMethod: "test ping-pong",
       rttSamples: 2000,
+      podCpus: null,
       command: "vxmesh bench",
     },
     durationS: 200,
@@ -259,6 +261,9 @@ describe("bench Markdown table", () => {
     expect(md).toContain("Test CPU <fast> & co, 2 cores, Linux 6.1.0-test, Node.js v20.0.0");
     expect(md).toContain("`vxmesh bench`");
     expect(md).toContain(renderTable(r).trimEnd());
+    expect(md).not.toContain("pods pinned");
+    r.config.podCpus = [1, 0];
+    expect(renderMarkdown(r)).toContain("- pods pinned: the sending pod's processes to CPU 1, the receiving pod's to CPU 0 (`--pod-cpus`), on every path");
   });
 
   it("a run without the kernel path has no ratios", () => {
@@ -334,6 +339,23 @@ describe("bench parsers", () => {
     expect(() => parseProcStatTicks("garbage")).toThrow();
   });
 
+  it("reads the CPU a task last ran on (field 39) from /proc/<pid>/stat", () => {
+    const stat = "1234 (node (worker) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 11 0 500 1000000 5000 "
+      + "18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+    expect(parseProcStatCpu(stat)).toBe(1);
+    expect(() => parseProcStatCpu("1234 (short) S 1 2 3")).toThrow();
+    expect(parseProcStatCpu(readFileSync("/proc/self/stat", "utf8"))).toBeGreaterThanOrEqual(0);
+  });
+
+  it("--pod-cpus takes two CPUs of this machine, the sending pod's first", () => {
+    const parse = cpuPair(2);
+    expect(parse("1,0")).toEqual({ ok: true, value: [1, 0] });
+    expect(parse(" 0 , 0 ")).toEqual({ ok: true, value: [0, 0] });
+    const expected = "two CPU numbers from 0 to 1, the sending pod's first (e.g. 0,1)";
+    for (const bad of ["2,0", "0,2", "1", "0,1,0", "a,b", "-1,0", "0.5,1", ""]) expect(parse(bad)).toEqual({ ok: false, error: expected });
+    expect(cpuPair(1)("0,0")).toEqual({ ok: true, value: [0, 0] });
+  });
+
   it("reads VmRSS from /proc/<pid>/status", () => {
     expect(parseVmRssKb("Name:\tnode\nVmPeak:\t 999 kB\nVmRSS:\t   61440 kB\nThreads:\t11\n")).toBe(61440);
     expect(() => parseVmRssKb("Name:\tkthread\n")).toThrow();
@@ -405,6 +427,9 @@ describe("bench runner smoke", () => {
     const p99 = k.scenarios.rtt?.figures["p99_us"]?.median ?? 0;
     expect(p50).toBeGreaterThan(0);
     expect(p99).toBeGreaterThanOrEqual(p50);
+    const same = k.scenarios.rtt?.figures["same_cpu_pct"]?.median;
+    expect(same).toBeGreaterThanOrEqual(0);
+    expect(same).toBeLessThanOrEqual(100);
     expect(lines.some((l) => /^\[kernel\] tcp1 1\/1: [\d.]+ Gbit\/s/.test(l))).toBe(true);
 
     const dir = mkdtempSync(join(tmpdir(), "vxmesh-bench-test-"));
@@ -417,5 +442,15 @@ describe("bench runner smoke", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  }, 40_000);
+
+  it.skipIf(!canRunLab)("with --pod-cpus, pins each pod's processes to its CPU and records where they ran", async () => {
+    const last = cpus().length - 1;
+    const results = await runSuite({ paths: ["kernel"], scenarios: ["rtt"], seconds: 1, repeat: 1, rttSamples: 300, podCpus: [0, last], progress: () => {} });
+    expect(runSucceeded(results)).toBe(true);
+    expect(results.config.podCpus).toEqual([0, last]);
+    const same = results.paths[0]?.scenarios.rtt?.figures["same_cpu_pct"]?.median;
+    // Sampled from /proc/<pid>/stat of both pods' processes while the round trips ran.
+    expect(same).toBe(last === 0 ? 100 : 0);
   }, 40_000);
 });
