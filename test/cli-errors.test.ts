@@ -17,7 +17,7 @@ import { Lab } from "../bench/lab";
 import type { LabNode } from "../bench/lab";
 import { Cluster, cliPath } from "../bench/cluster";
 import { daemonFlags } from "../daemon/config";
-import { envName } from "../daemon/flags";
+import { envName, type FlagSpec } from "../daemon/flags";
 import { generateKey } from "../control/keyring";
 
 const execFileP = promisify(execFile);
@@ -129,7 +129,7 @@ describe("vxmesh CLI: usage", () => {
     const r = await cli(["daemon", "--help"]);
     expect(r.code).toBe(0);
     const lines = r.stdout.split("\n");
-    const specs = Object.values(daemonFlags);
+    const specs: FlagSpec<unknown>[] = Object.values(daemonFlags);
     expect(specs.length).toBeGreaterThanOrEqual(12);
     for (const spec of specs) {
       const i = lines.findIndex((l) => new RegExp(`^\\s+--${spec.name}\\b`).test(l));
