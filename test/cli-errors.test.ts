@@ -9,7 +9,7 @@
 
 import { execFile } from "node:child_process";
 import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
@@ -152,6 +152,12 @@ describe("vxmesh CLI: usage", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('unknown command "bogus"');
     expect(r.stderr).toContain("usage: vxmesh");
+  });
+
+  it("`vxmesh bench --pod-cpus` with a CPU this machine lacks exits 2 naming the flag and the range, before building anything", async () => {
+    const r = await cli(["bench", "--pod-cpus", `${cpus().length},0`]);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim()).toBe(`vxmesh bench: --pod-cpus "${cpus().length},0" is not valid: expected two CPU numbers from 0 to ${cpus().length - 1}, the sending pod's first (e.g. 0,${Math.min(1, cpus().length - 1)})`);
   });
 
   it("`vxmesh status --run-dir /nonexistent` exits 1 saying no daemon is listening", async () => {
