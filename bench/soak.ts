@@ -24,6 +24,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, release } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import { parseVmRssKb } from "./bench";
 import { Cluster, packageRoot, type DaemonOptions, type DaemonProcess } from "./cluster";
 import { Lab, type LabNode, type LabPod } from "./lab";
 import { SOAK_DEFAULTS, SOAK_USAGE, parseSoakArgs } from "./soak-options";
@@ -165,8 +166,7 @@ function parseJson(line: string): Record<string, unknown> | undefined {
 
 function readRssKb(pid: number): number | null {
   try {
-    const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-    return m === null ? null : Number(m[1]);
+    return parseVmRssKb(readFileSync(`/proc/${pid}/status`, "utf8"));
   } catch {
     return null;
   }
