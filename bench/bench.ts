@@ -698,15 +698,20 @@ async function udpDatagramsIn(lab: Lab, pod: LabPod): Promise<number> {
   return parseUdpDatagramsIn(r.stdout);
 }
 
-function collect(child: ChildProcess): { out: () => string; exited: Promise<number | null> } {
+/** A child's output (stdout and stderr interleaved in `out`, stdout alone too) and its exit. */
+function collect(child: ChildProcess): { out: () => string; stdout: () => string; exited: Promise<number | null> } {
   let out = "";
-  child.stdout?.setEncoding("utf8").on("data", (c: string) => (out += c));
+  let stdout = "";
+  child.stdout?.setEncoding("utf8").on("data", (c: string) => {
+    out += c;
+    stdout += c;
+  });
   child.stderr?.setEncoding("utf8").on("data", (c: string) => (out += c));
   const exited = new Promise<number | null>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve(child.exitCode);
     else child.once("exit", (code) => resolve(code));
   });
-  return { out: () => out, exited };
+  return { out: () => out, stdout: () => stdout, exited };
 }
 
 async function measureUdp(p: ActivePath, seconds: number, size: number): Promise<Measurement> {
@@ -764,17 +769,14 @@ async function measureRtt(p: ActivePath, samples: number): Promise<Measurement> 
       return serverOut.out().includes("bound");
     }, { timeoutMs: 10_000, intervalMs: 20, what: `the rtt echo server in ${p.server.name}` });
     const client = p.lab.spawn(p.client, p.inPod(p.client, p.tools.ping(p.server.ip, RTT_PORT, samples, RTT_WARMUP, RTT_GAP_US)));
-    let stdout = "";
-    let stderr = "";
-    client.stdout?.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-    client.stderr?.setEncoding("utf8").on("data", (c: string) => (stderr += c));
+    const clientOut = collect(client);
     const placement = new PlacementSampler(client.pid, server.pid);
     const deadline = setTimeout(() => client.kill("SIGKILL"), budgetMs);
-    const code = await new Promise<number | null>((resolve) => client.once("exit", (c) => resolve(c)));
+    const code = await clientOut.exited;
     clearTimeout(deadline);
     const sameCpu = placement.finish();
-    if (code !== 0) throw new Error(`rtt client exited ${String(code ?? client.signalCode)}: ${stderr.trim()}`);
-    const res = JSON.parse(stdout.trim().split("\n").pop() ?? "") as { samples: number[]; lost: number };
+    if (code !== 0) throw new Error(`rtt client exited ${String(code ?? client.signalCode)}: ${clientOut.out().trim()}`);
+    const res = JSON.parse(clientOut.stdout().trim().split("\n").pop() ?? "") as { samples: number[]; lost: number };
     const p50 = percentile(res.samples, 50);
     const p99 = percentile(res.samples, 99);
     if (p50 === null || p99 === null) throw new Error(`no round trip completed (${res.lost} lost)`);
