@@ -17,7 +17,8 @@
 //   rtt      UDP ping-pong of 64-byte datagrams between the pods (the same C helper,
 //            CLOCK_MONOTONIC per round trip; Node with process.hrtime without a compiler — Node
 //            adds ~100 µs at p50 and milliseconds at p99 of its own), N samples one per
-//            millisecond after a warm-up; p50 and p99 in µs
+//            millisecond after a warm-up; p50 and p99 in µs; the busier daemon's CPU during
+//            them (what a busy-polling forwarder spends to keep the round trip short)
 //
 // Labs are torn down after each path, on failure, and on Ctrl-C (the lab's signal handlers);
 // daemons and fastd run as tracked children of the lab, so they end with it.
@@ -768,13 +769,18 @@ async function measureRtt(p: ActivePath, samples: number): Promise<Measurement> 
       if (server.exitCode !== null) throw new Error(`rtt echo server exited: ${serverOut.out().trim()}`);
       return serverOut.out().includes("bound");
     }, { timeoutMs: 10_000, intervalMs: 20, what: `the rtt echo server in ${p.server.name}` });
+    const pids = p.pids();
+    const hz = await clockTicks();
     const client = p.lab.spawn(p.client, p.inPod(p.client, p.tools.ping(p.server.ip, RTT_PORT, samples, RTT_WARMUP, RTT_GAP_US)));
     const clientOut = collect(client);
     const placement = new PlacementSampler(client.pid, server.pid);
+    // What keeping the round trip short costs: a busy-polling daemon stays on a CPU between pings.
+    const resources = pids.length > 0 ? new ResourceSampler(pids, hz) : undefined;
     const deadline = setTimeout(() => client.kill("SIGKILL"), budgetMs);
     const code = await clientOut.exited;
     clearTimeout(deadline);
     const sameCpu = placement.finish();
+    const usage = resources?.finish() ?? [];
     if (code !== 0) throw new Error(`rtt client exited ${String(code ?? client.signalCode)}: ${clientOut.out().trim()}`);
     const res = JSON.parse(clientOut.stdout().trim().split("\n").pop() ?? "") as { samples: number[]; lost: number };
     const p50 = percentile(res.samples, 50);
@@ -783,6 +789,7 @@ async function measureRtt(p: ActivePath, samples: number): Promise<Measurement> 
     const mean = res.samples.reduce((x, y) => x + y, 0) / res.samples.length;
     const figures: Record<string, number> = { p50_us: p50, p99_us: p99 };
     if (sameCpu !== undefined) figures["same_cpu_pct"] = sameCpu;
+    if (usage.length > 0) figures["cpu_pct"] = Math.max(...usage.map((u) => u.cpuPct));
     return {
       figures,
       detail: {

@@ -49,6 +49,7 @@ export const FIGURES: readonly FigureDef[] = [
   { scenario: "udp1400", key: "loss_pct", label: "udp1400 — loss (offered without limit)", unit: "%", better: "lower", digits: 1, chart: false, noRatio: true },
   { scenario: "rtt", key: "p50_us", label: "rtt — round trip p50", unit: "µs", better: "lower", digits: 0, chart: true, chartLabel: "rtt p50" },
   { scenario: "rtt", key: "p99_us", label: "rtt — round trip p99", unit: "µs", better: "lower", digits: 0, chart: true, chartLabel: "rtt p99" },
+  { scenario: "rtt", key: "cpu_pct", label: "rtt — daemon CPU (busier node)", unit: "% of a core", better: "lower", digits: 0, chart: false },
   { scenario: "rtt", key: "same_cpu_pct", label: "rtt — both pods on one CPU", unit: "% of the time", better: "neither", digits: 0, chart: false, noRatio: true },
 ];
 

@@ -8,6 +8,7 @@ import {
   type Ipv4, type MacAddr, type Parsed, type Subnet, type Vni,
 } from "../encap/types";
 import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
+import { BURST_PERIOD_MS, BURST_SPIN_US, BURST_WAKES } from "../encap/spin-policy";
 import { serviceOverlapMessage, serviceOverlaps, type LabelledCidr } from "../control/cidr-overlap";
 import { readConfigFile } from "./config-file";
 import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec } from "./flags";
@@ -115,7 +116,7 @@ export const daemonFlags = {
   logFormat: { name: "log-format", help: "json (one object per line), pretty (readable lines) or auto (pretty on a terminal, else json)", defaultText: "auto", parse: parseLogFormat } satisfies FlagSpec<LogFormat>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
   offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
-  busyPoll: { name: "busy-poll", help: `µs the forwarder keeps polling after traffic instead of sleeping, yielding the CPU to any runnable thread between polls (lower latency and more packets per second, for up to one busy core while traffic flows), 0-${MAX_BUSY_POLL_US}; 0 sleeps at once`, defaultText: String(DEFAULT_BUSY_POLL_US), parse: intInRange(0, MAX_BUSY_POLL_US) } satisfies FlagSpec<number>,
+  busyPoll: { name: "busy-poll", help: `µs the forwarder keeps polling after traffic instead of sleeping, yielding the CPU to any runnable thread between polls (lower latency and more packets per second, for up to one busy core while traffic flows; during a burst, more than ${BURST_WAKES} wake-ups within ${BURST_PERIOD_MS} ms, at most ${BURST_SPIN_US}), 0-${MAX_BUSY_POLL_US}; 0 sleeps at once`, defaultText: String(DEFAULT_BUSY_POLL_US), parse: intInRange(0, MAX_BUSY_POLL_US) } satisfies FlagSpec<number>,
   keepCaps: { name: "keep-caps", help: "capabilities kept after set-up, on every thread (the rest are dropped and no_new_privs is set): auto (net_admin, plus sys_admin when held, for the CNI handler to enter pod namespaces), a comma list such as net_admin, or all to drop nothing", defaultText: "auto", parse: parseKeepCaps } satisfies FlagSpec<KeepCaps>,
   sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
 };

@@ -9,6 +9,7 @@ import { ForwarderCore, type SendQueue } from "./forwarder-core";
 import { loadNative, type NativeShim } from "./native";
 import { OffloadCore } from "./offload-core";
 import { VNET_HDR_LEN } from "./offload";
+import { SpinPolicy } from "./spin-policy";
 import type { ForwarderWorkerData, ToWorker } from "./forwarder";
 
 const POLL_TIMEOUT_MS = 1000;
@@ -39,15 +40,17 @@ function main(): void {
   const revents = new Int32Array(3);
   port.postMessage({ type: "ready" });
 
-  // Busy-polling starts after a wake with traffic and lasts until busyPollUs pass without any.
-  let traffic = false;
+  // Busy-polling starts after a wake with traffic and lasts until spinUs pass without any.
+  const spin = new SpinPolicy(data.busyPollUs);
+  let spinUs = 0;
   while (true) {
-    const ready = native.pollIn(fds, revents, POLL_TIMEOUT_MS, traffic ? data.busyPollUs : 0);
+    const ready = native.pollIn(fds, revents, POLL_TIMEOUT_MS, spinUs);
     if (revents[2] !== 0) {
       native.eventfdDrain(data.wakeFd);
       if (!handleMessages(port, pump)) break;
     }
-    traffic = revents[0] !== 0 || revents[1] !== 0;
+    const traffic = revents[0] !== 0 || revents[1] !== 0;
+    spinUs = traffic ? spin.afterTraffic(performance.now()) : 0;
     if (!traffic) continue;
     counters[ready < 0 ? Counter.WakeupsBusyPoll : Counter.WakeupsSleep]! += 1;
     if (revents[0] !== 0) pump.fromTap();

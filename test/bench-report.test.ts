@@ -430,6 +430,7 @@ describe("bench runner smoke", () => {
     const same = k.scenarios.rtt?.figures["same_cpu_pct"]?.median;
     expect(same).toBeGreaterThanOrEqual(0);
     expect(same).toBeLessThanOrEqual(100);
+    expect(k.scenarios.rtt?.figures["cpu_pct"]).toBeUndefined();
     expect(lines.some((l) => /^\[kernel\] tcp1 1\/1: [\d.]+ Gbit\/s/.test(l))).toBe(true);
 
     const dir = mkdtempSync(join(tmpdir(), "vxmesh-bench-test-"));
@@ -453,4 +454,14 @@ describe("bench runner smoke", () => {
     // Sampled from /proc/<pid>/stat of both pods' processes while the round trips ran.
     expect(same).toBe(last === 0 ? 100 : 0);
   }, 40_000);
+
+  it.skipIf(!canRunLab)("measures the daemons' CPU during the round trips of the vxmesh path", async () => {
+    const results = await runSuite({ paths: ["vxmesh"], scenarios: ["rtt"], seconds: 1, repeat: 1, rttSamples: 300, daemonArgs: ["--busy-poll", "0"], progress: () => {} });
+    expect(runSucceeded(results)).toBe(true);
+    const rtt = results.paths[0]?.scenarios.rtt?.figures;
+    expect(rtt?.["p50_us"]?.median).toBeGreaterThan(0);
+    // A daemon that sleeps between pings uses a sliver of one core (ticks are 10 ms, so 0 is possible).
+    expect(rtt?.["cpu_pct"]?.median).toBeGreaterThanOrEqual(0);
+    expect(rtt?.["cpu_pct"]?.median).toBeLessThan(50);
+  }, 60_000);
 });
