@@ -10,7 +10,7 @@ describe("SpinPolicy: how long the forwarder busy-polls after traffic", () => {
     }
   });
 
-  it("caps a burst at BURST_SPIN_US from its BURST_WAKES + 1st wake-up within the period, and not before", () => {
+  it("caps the window at BURST_SPIN_US from the (BURST_WAKES + 1)th wake-up within the period on, not before", () => {
     const spin = new SpinPolicy(2000);
     const step = BURST_PERIOD_MS / (BURST_WAKES + 2);
     for (let i = 0; i < BURST_WAKES; i++) expect(spin.afterTraffic(100 + i * step)).toBe(2000);
