@@ -22,7 +22,7 @@ import { closeSync, existsSync, openSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { formatIpv4, formatSubnet, parseIpv4, subnetAddress, vtepMacFor, writeMac, type MacAddr, type Subnet } from "../encap/types";
+import { formatIpv4, formatSubnet, parseIpv4, subnetAddress, vtepMacFor, writeMac, type Ipv4, type MacAddr, type Subnet } from "../encap/types";
 import { listQueuedDels, queuedDelPath, readQueuedDel, removeQueued } from "./queue";
 import { NetlinkError, Rtnl, errnoCode, RT_TABLE_MAIN, type LinkInfo } from "./rtnl";
 import {
@@ -34,6 +34,7 @@ import {
   mergeResults,
   parseConfig,
   parseEnv,
+  requestedAttachment,
   versionResult,
   type CniEnv,
   type NetConf,
@@ -98,11 +99,23 @@ function parseAlias(alias: string | undefined): { network: string; containerID: 
   return { network, containerID, ifname };
 }
 
+function macBytes(mac: MacAddr): Buffer {
+  const b = Buffer.alloc(6);
+  writeMac(b, 0, mac);
+  return b;
+}
+
 /** The bridge MAC: fixed per subnet, so the gateway's MAC does not follow ports coming and going. */
 function bridgeMac(subnet: Subnet): Buffer {
-  const b = Buffer.alloc(6);
-  writeMac(b, 0, vtepMacFor(`vxmesh-bridge:${formatSubnet(subnet)}`) as MacAddr);
-  return b;
+  return macBytes(vtepMacFor(`vxmesh-bridge:${formatSubnet(subnet)}`));
+}
+
+/** A requested address must be one the node may give a pod: in the pool of its subnet. */
+function checkInPool(subnet: Subnet, ip: Ipv4): void {
+  const { first, last } = poolRange(subnet);
+  if (ip >= first && ip <= last) return;
+  throw new CniError(ErrorCode.AddressUnavailable, `requested address ${formatIpv4(ip)} is not in this node's pod range ${formatIpv4(first)}-${formatIpv4(last)}`,
+    `the node subnet is ${formatSubnet(subnet)}; its network, gateway ${formatIpv4(subnetAddress(subnet, 1))} and broadcast addresses are not given to pods`);
 }
 
 /**
@@ -273,6 +286,8 @@ export class CniCore {
       throw new CniError(ErrorCode.InvalidConfig, `mtu ${conf.mtu} is larger than the overlay allows`, `the daemon's pod MTU is ${this.opts.mtu}`);
     }
     const mtu = conf.mtu ?? this.opts.mtu;
+    const want = requestedAttachment(env.args, conf);
+    if (want.ip !== undefined) checkInPool(subnet, want.ip);
     const pod = openPodNetlink(env.netns);
     try {
       if ((await pod.link(env.ifname)) !== undefined) {
@@ -288,15 +303,9 @@ export class CniCore {
         // CNI_IFNAME is free in the pod); it would only be in the way.
         await this.deleteIfPresent(hostName, env.containerID, env.ifname);
       }
-      const got = this.store.reserve(subnet, { containerID: env.containerID, ifname: env.ifname, network: conf.name });
-      if (got === undefined) {
-        const { size } = poolRange(subnet);
-        throw new CniError(ErrorCode.AddressesExhausted, `no free address in ${formatSubnet(subnet)}: all ${size} pod addresses are reserved`,
-          `the gateway is ${formatIpv4(subnetAddress(subnet, 1))}; DEL pods or GC stale attachments to free addresses`);
-      }
-      const r = got.reservation;
+      const r = this.reserve(env, conf, subnet, want.ip);
       try {
-        return JSON.stringify(formatResult(mergeResults(conf.prevResult, await this.plumb(env, conf, subnet, mtu, r, pod, hostName)), conf.cniVersion));
+        return JSON.stringify(formatResult(mergeResults(conf.prevResult, await this.plumb(env, conf, subnet, mtu, r, pod, hostName, want.mac)), conf.cniVersion));
       } catch (err) {
         await this.deleteIfPresent(hostName, env.containerID, env.ifname).catch((e: unknown) => {
           this.log.warn({ err: e }, `cni ADD rollback: could not remove ${hostName}`);
@@ -309,12 +318,33 @@ export class CniCore {
     }
   }
 
-  private async plumb(env: CniEnv, conf: NetConf, subnet: Subnet, mtu: number, r: Reservation, pod: Rtnl, hostName: string): Promise<Result> {
+  /** The attachment's address: the one the runtime asked for (or a clear refusal), else the next free one. */
+  private reserve(env: CniEnv, conf: NetConf, subnet: Subnet, wanted: Ipv4 | undefined): Reservation {
+    const owner = { containerID: env.containerID, ifname: env.ifname, network: conf.name };
+    if (wanted !== undefined) {
+      const got = this.store.reserveExact(subnet, wanted, owner);
+      if ("takenBy" in got) {
+        const t = got.takenBy;
+        throw new CniError(ErrorCode.AddressUnavailable, `requested address ${formatIpv4(wanted)} is in use`,
+          t.containerID === "" ? "reserved by another process sharing the address store" : `reserved for container ${t.containerID} interface ${t.ifname}`);
+      }
+      return got.reservation;
+    }
+    const got = this.store.reserve(subnet, owner);
+    if (got === undefined) {
+      const { size } = poolRange(subnet);
+      throw new CniError(ErrorCode.AddressesExhausted, `no free address in ${formatSubnet(subnet)}: all ${size} pod addresses are reserved`,
+        `the gateway is ${formatIpv4(subnetAddress(subnet, 1))}; DEL pods or GC stale attachments to free addresses`);
+    }
+    return got.reservation;
+  }
+
+  private async plumb(env: CniEnv, conf: NetConf, subnet: Subnet, mtu: number, r: Reservation, pod: Rtnl, hostName: string, mac: MacAddr | undefined): Promise<Result> {
     const gateway = subnetAddress(subnet, 1);
     const bridge = await this.ensureBridge(subnet);
     const nsFd = openSync(env.netns, "r");
     try {
-      await this.host.createVeth(hostName, env.ifname, nsFd, mtu);
+      await this.host.createVeth(hostName, env.ifname, nsFd, mtu, mac === undefined ? undefined : macBytes(mac));
     } finally {
       closeSync(nsFd);
     }
@@ -329,14 +359,16 @@ export class CniCore {
     const cidr = `${formatIpv4(r.ip)}/${subnet.prefixLen}`;
     await pod.addAddress(podLink.index, r.ip, subnet.prefixLen, false, `adding ${cidr} to ${env.ifname} in ${env.netns}`);
     await pod.setUp(podLink.index, `setting ${env.ifname} up in ${env.netns}`);
+    let defaultRoute = true;
     try {
       await pod.addRoute(0, 0, gateway, podLink.index, `adding default route via ${formatIpv4(gateway)} dev ${env.ifname} in ${env.netns}`);
     } catch (e) {
       if (errnoCode(e) !== "EEXIST") throw e;
-      // The reference bridge plugin keeps the first default route and reports success; a pod
-      // whose traffic silently leaves by another interface is worse than a clear failure.
-      throw new CniError(ErrorCode.Conflict, `${env.netns} already has a default route (through another interface)`,
-        "vxmesh-cni gives the pod its default route; attach vxmesh first, or do not give the pod another default route");
+      // Another network attached first gave the pod its default route: that one stays (as the
+      // reference bridge keeps it), ours is left out of the result, and the log says so.
+      defaultRoute = false;
+      this.log.warn({ containerID: env.containerID, ifname: env.ifname, netns: env.netns },
+        `cni ADD: the pod already has a default route through another interface; skipped vxmesh's default route via ${formatIpv4(gateway)} (pod subnet ${formatSubnet(subnet)} is still reachable on ${env.ifname})`);
     }
 
     return {
@@ -346,7 +378,7 @@ export class CniCore {
         { name: env.ifname, ...(podLink.mac === undefined ? {} : { mac: podLink.mac }), mtu, sandbox: env.netns },
       ],
       ips: [{ address: cidr, gateway: formatIpv4(gateway), interface: 2 }],
-      routes: [{ dst: "0.0.0.0/0", gw: formatIpv4(gateway) }],
+      routes: defaultRoute ? [{ dst: "0.0.0.0/0", gw: formatIpv4(gateway) }] : [],
       dns: conf.dns,
     };
   }

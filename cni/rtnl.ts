@@ -326,13 +326,14 @@ export class Rtnl {
 
   /**
    * A veth pair: `hostName` here, its peer `peerName` created directly inside the namespace the
-   * descriptor `peerNsFd` refers to. Both ends get `mtu`.
+   * descriptor `peerNsFd` refers to. Both ends get `mtu`; the peer gets `peerMac` when given.
    */
-  async createVeth(hostName: string, peerName: string, peerNsFd: number, mtu: number): Promise<void> {
+  async createVeth(hostName: string, peerName: string, peerNsFd: number, mtu: number, peerMac?: Buffer): Promise<void> {
     const peer = Buffer.concat([
       ifinfomsg(AF_UNSPEC, 0),
       attr(IFLA.IFNAME, str(peerName)),
       attr(IFLA.MTU, u32(mtu)),
+      ...(peerMac === undefined ? [] : [attr(IFLA.ADDRESS, peerMac)]),
       attr(IFLA.NET_NS_FD, u32(peerNsFd)),
     ]);
     await this.request(RTM.NEWLINK, Buffer.concat([

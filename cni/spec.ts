@@ -2,6 +2,8 @@
 // the environment, the request configuration, results in each version's shape, and errors
 // with the spec's codes. Pure: no I/O, so every rule here is testable without a kernel.
 
+import { formatIpv4, parseIpv4, parseMac, type Ipv4, type MacAddr } from "../encap/types";
+
 export const CURRENT_VERSION = "1.1.0";
 export const SUPPORTED_VERSIONS: readonly string[] = ["0.4.0", "1.0.0", "1.1.0"];
 
@@ -25,6 +27,8 @@ export const ErrorCode = {
   KernelFailure: 102,
   /** ADD: the interface name is taken in the container, or the host veth name by someone else. */
   Conflict: 103,
+  /** ADD: the address the runtime asked for (CNI_ARGS IP=, runtimeConfig ips) is taken or not in the node's pod range. */
+  AddressUnavailable: 104,
   /** Anything unexpected (the reference plugins' skel uses 999 the same way). */
   Internal: 999,
 } as const;
@@ -146,10 +150,6 @@ export interface Result {
   ips: IpConfig[];
   routes: Route[];
   dns: Dns;
-}
-
-export function emptyResult(): Result {
-  return { interfaces: [], ips: [], routes: [], dns: {} };
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -320,6 +320,8 @@ export interface NetConf {
   prevResult: Result | undefined;
   /** GC only: `cni.dev/valid-attachments`; undefined when absent. */
   validAttachments: Attachment[] | undefined;
+  /** The `ips` and `mac` capabilities (CONVENTIONS.md), and the `args.cni.ips` convention. */
+  runtime: { ips: string[]; mac: string | undefined };
   raw: Record<string, unknown>;
 }
 
@@ -370,7 +372,73 @@ export function parseConfig(stdin: string, command: Command): NetConf {
       return { containerID: a["containerID"], ifname: a["ifname"] };
     });
   }
-  return { cniVersion: version, name, mtu, dns: parseDns(raw["dns"], "dns"), prevResult, validAttachments, raw };
+  return { cniVersion: version, name, mtu, dns: parseDns(raw["dns"], "dns"), prevResult, validAttachments, runtime: parseRuntime(raw), raw };
+}
+
+/** runtimeConfig.ips / runtimeConfig.mac, and args.cni.ips, as given (checked by requestedAttachment). */
+function parseRuntime(raw: Record<string, unknown>): NetConf["runtime"] {
+  const rc = raw["runtimeConfig"];
+  const ips: string[] = [];
+  let mac: string | undefined;
+  if (rc !== undefined && rc !== null) {
+    if (!isObject(rc)) throw new CniError(ErrorCode.InvalidConfig, "runtimeConfig must be an object");
+    ips.push(...(optStrings(rc, "ips", "runtimeConfig") ?? []));
+    mac = optString(rc, "mac", "runtimeConfig");
+  }
+  const args = raw["args"];
+  if (isObject(args) && isObject(args["cni"])) ips.push(...(optStrings(args["cni"], "ips", "args.cni") ?? []));
+  return { ips, mac };
+}
+
+/** What the runtime asked of an ADD: a fixed address and/or MAC for the pod's interface. */
+export interface Requested {
+  ip: Ipv4 | undefined;
+  mac: MacAddr | undefined;
+}
+
+/**
+ * The address and MAC the runtime asked for, from CNI_ARGS (`IP=`, `MAC=`, as podman --ip /
+ * --mac-address and `podman network reload` pass them) and the `ips`/`mac` capabilities, as the
+ * reference bridge and host-local read them. Other CNI_ARGS keys are ignored (runtimes pass
+ * K8S_POD_NAME and such). An address may carry a prefix length ("10.244.1.5/24"); its length is
+ * the node subnet's anyway. Throws CniError 4 (malformed CNI_ARGS) or 7 (malformed or more than
+ * one IPv4 address, or IPv6, which vxmesh does not carry yet).
+ */
+export function requestedAttachment(args: string, conf: NetConf): Requested {
+  const fromArgs: { ips: string[]; mac: string | undefined } = { ips: [], mac: undefined };
+  for (const pair of args.split(";")) {
+    if (pair.trim() === "") continue;
+    const eq = pair.indexOf("=");
+    if (eq <= 0) throw new CniError(ErrorCode.InvalidEnvironment, "CNI_ARGS: expected KEY=VALUE pairs separated by ;", pair);
+    const key = pair.slice(0, eq).trim();
+    const value = pair.slice(eq + 1).trim();
+    if (key === "IP") fromArgs.ips.push(...value.split(",").map((v) => v.trim()).filter((v) => v !== ""));
+    else if (key === "MAC") fromArgs.mac = value;
+  }
+  const wanted = new Set<number>();
+  const check = (text: string, where: string, code: number): void => {
+    const slash = text.indexOf("/");
+    const addr = slash < 0 ? text : text.slice(0, slash);
+    if (addr.includes(":")) throw new CniError(code, `${where}: ${text} is an IPv6 address; vxmesh-cni gives pods IPv4 addresses only`);
+    const ip = parseIpv4(addr);
+    if (!ip.ok || (slash >= 0 && !/^\d{1,2}$/.test(text.slice(slash + 1)))) throw new CniError(code, `${where}: ${JSON.stringify(text)} is not an IPv4 address`, "expected a.b.c.d or a.b.c.d/len");
+    wanted.add(ip.value);
+  };
+  for (const t of fromArgs.ips) check(t, "CNI_ARGS IP", ErrorCode.InvalidEnvironment);
+  for (const t of conf.runtime.ips) check(t, "runtimeConfig ips", ErrorCode.InvalidConfig);
+  if (wanted.size > 1) {
+    throw new CniError(ErrorCode.InvalidConfig, "more than one IPv4 address requested; vxmesh-cni gives an attachment one",
+      [...wanted].map((ip) => formatIpv4(ip)).join(", "));
+  }
+  const macText = fromArgs.mac ?? conf.runtime.mac;
+  let mac: MacAddr | undefined;
+  if (macText !== undefined && macText !== "") {
+    const m = parseMac(macText.toLowerCase());
+    if (!m.ok) throw new CniError(fromArgs.mac !== undefined ? ErrorCode.InvalidEnvironment : ErrorCode.InvalidConfig, `${fromArgs.mac !== undefined ? "CNI_ARGS MAC" : "runtimeConfig mac"}: ${JSON.stringify(macText)} is not valid: expected ${m.error}`);
+    mac = m.value;
+  }
+  const [ip] = wanted;
+  return { ip: ip as Ipv4 | undefined, mac };
 }
 
 /** The cniVersion to put in an error: the config's when it is one we speak. */

@@ -146,6 +146,26 @@ export class AddressStore {
     return undefined;
   }
 
+  /**
+   * Reserves exactly `ip` (the runtime asked for it) for the attachment: its own reservation
+   * when it already holds it, a new one when the address is free (any other address the
+   * attachment held is released), else who holds it. The caller checks that `ip` is in the pool.
+   */
+  reserveExact(subnet: Subnet, ip: number, owner: { containerID: string; ifname: string; network: string }): { reservation: Reservation } | { takenBy: Reservation } {
+    const holder = this.byIp.get(ip);
+    const mine = (r: Reservation): boolean => r.containerID === owner.containerID && r.ifname === owner.ifname;
+    if (holder !== undefined) return mine(holder) ? { reservation: holder } : { takenBy: holder };
+    const existing = this.lookup(owner.containerID, owner.ifname);
+    const r: Reservation = { ip, ...owner, subnet: formatSubnet(subnet), since: new Date().toISOString() };
+    if (!this.claim(r)) {
+      const other = this.byIp.get(ip) as Reservation;
+      return mine(other) ? { reservation: other } : { takenBy: other };
+    }
+    if (existing !== undefined) this.release(existing.containerID, existing.ifname);
+    this.remember(r);
+    return { reservation: r };
+  }
+
   /** Writes the reservation under its address's name unless that name exists. */
   private claim(r: Reservation): boolean {
     const tmp = join(this.dir, `${TMP_PREFIX}${process.pid}-${++this.tmpCounter}`);

@@ -2,7 +2,7 @@
 // route the host already has, gives a network that looks up and misroutes. Pure: the daemon and
 // `vxmesh doctor` read the kernel's routes (host-routes.ts) and ask these functions.
 
-import { formatIpv4, formatSubnet, subnetsOverlap, type Ipv4, type Subnet } from "../encap/types";
+import { formatIpv4, formatSubnet, subnetInside, subnetsOverlap, type Ipv4, type Subnet } from "../encap/types";
 import { VXMESH_RTPROT } from "./host-plumbing";
 
 /** A CIDR with the words that name it in a message, e.g. "--cluster-cidr 10.244.0.0/16". */
@@ -39,21 +39,36 @@ export function serviceOverlaps(pods: readonly LabelledCidr[], services: readonl
   return out;
 }
 
+/** What on this node is the overlay's own: routes here are not conflicts. */
+export interface OwnRoutes {
+  /** The daemon's TAP and the pod bridge, whose routes the overlay and CNI make. */
+  readonly devices: readonly string[];
+  /**
+   * This node's own pod subnet(s), when known (static --subnet, gossip's --subnet or persisted
+   * lease). A route without a gateway inside one of them is the pod bridge's connected route,
+   * whatever made the bridge (the reference bridge plugin's cni0, say): the layout of the
+   * Kubernetes network model, which cannot capture another node's pod traffic.
+   */
+  readonly nodeSubnets: readonly Subnet[];
+}
+
 /**
- * Host routes that claim pod addresses. Not counted: routes outside the main table, vxmesh's
- * own (protocol 118), routes out of `ownDevices` (the daemon's TAP and the pod bridge, whose
- * routes the overlay and CNI make), and default routes (they cover everything by design).
+ * Host routes that claim pod addresses, i.e. could capture other nodes' pod traffic. Not
+ * counted: routes outside the main table, vxmesh's own (protocol 118), routes out of our own
+ * devices, device routes inside this node's own subnet, and default routes (they cover
+ * everything by design).
  */
 export function hostRouteOverlaps(
   pods: readonly LabelledCidr[],
   routes: readonly HostRoute[],
-  ownDevices: readonly string[],
+  own: OwnRoutes,
 ): Overlap<HostRoute>[] {
   const relevant = routes.filter((r) =>
     r.table === RT_TABLE_MAIN &&
     r.protocol !== VXMESH_RTPROT &&
     r.dst.prefixLen > 0 &&
-    !(r.dev !== undefined && ownDevices.includes(r.dev)));
+    !(r.dev !== undefined && own.devices.includes(r.dev)) &&
+    !(r.gateway === null && own.nodeSubnets.some((s) => subnetInside(r.dst, s))));
   const out: Overlap<HostRoute>[] = [];
   for (const pod of pods) for (const route of relevant) if (subnetsOverlap(pod.subnet, route.dst)) out.push({ pod, other: route });
   return out;

@@ -9,13 +9,15 @@ import { formatIpv4, formatMac, formatSubnet, parseIpv4, type Subnet } from "../
 import { describeRoute } from "../control/host-plumbing";
 import { loadKeyring, type Keyring } from "../control/keyring";
 import { findUnderlayInterface } from "../control/underlay";
-import { hostRouteOverlapMessage, hostRouteOverlaps } from "../control/cidr-overlap";
+import { hostRouteOverlapMessage, hostRouteOverlaps, type OwnRoutes } from "../control/cidr-overlap";
 import { readHostRoutes } from "../control/host-routes";
+import { ensureIpForwarding } from "../control/sysctl";
 import { IPV4_OVERHEAD, MIN_MTU, podCidrs, readPeersFile, serviceCidrConflict, type DaemonConfig } from "./config";
 import { closeControl, controlInUse, controlSocketPath, listenControl } from "./control-socket";
 import { DataPlane, type ChangeTrigger, type KernelChanges } from "./dataplane";
 import { GossipController } from "./gossip-controller";
 import { removeHandoff, writeHandoff } from "./handoff";
+import { readLease } from "./lease-file";
 import { serveMetrics } from "./metrics";
 import type { Logger } from "./log";
 import { StartupError } from "./startup-error";
@@ -101,12 +103,16 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   if (mtu < MIN_MTU) {
     throw new StartupError(`the underlay ${underlay.value.ifname} has MTU ${underlay.value.mtu}, leaving ${mtu} for pods, below the minimum ${MIN_MTU}`);
   }
-  const routeConflict = hostRouteOverlaps(podCidrs(config, staticPeers), await readHostRoutes(), ownDevices(config))[0];
+  const routeConflict = hostRouteOverlaps(podCidrs(config, staticPeers), await readHostRoutes(), ownRoutes(config))[0];
   if (routeConflict !== undefined) throw new StartupError(hostRouteOverlapMessage(routeConflict));
 
   // Before anything is made: without CAP_NET_ADMIN nothing below can work.
   const noNetAdmin = netAdminMissing(readThreadCaps("self").find((t) => t.tid === process.pid)?.effective ?? 0n);
   if (noNetAdmin !== undefined) throw new StartupError(noNetAdmin);
+  // The node routes pod traffic between the pod bridge and the TAP (left on at exit: others rely on it).
+  const forwarding = ensureIpForwarding();
+  if (!forwarding.ok) throw new StartupError(forwarding.error);
+  if (forwarding.value.changed) log.info("turned on IPv4 forwarding (net.ipv4.ip_forward=1): the node routes pod traffic");
 
   const cleanups: (() => Promise<void> | void)[] = [];
   const undo = async (): Promise<void> => {
@@ -271,9 +277,15 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   }
 }
 
-/** Devices whose routes are the overlay's own: the TAP and the pod bridge. */
-export function ownDevices(config: DaemonConfig): string[] {
-  return [config.tap, POD_BRIDGE];
+/**
+ * What the start-up route check treats as the overlay's own: the TAP and our pod bridge, and
+ * this node's subnet when it is known before gossip runs (static or pinned --subnet, else the
+ * persisted lease a restart keeps), so a bridge someone else made for it is no conflict.
+ */
+export function ownRoutes(config: DaemonConfig): OwnRoutes {
+  const src = config.source;
+  const subnet = src.kind === "static" ? src.subnet : (src.subnet ?? readLease(config.stateDir)?.subnet);
+  return { devices: [config.tap, POD_BRIDGE], nodeSubnets: subnet === undefined ? [] : [subnet] };
 }
 
 /** Kernel conflicts at start (a route someone else owns) are the operator's to fix. */

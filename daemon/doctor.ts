@@ -11,13 +11,14 @@ import { formatIpv4, formatSubnet } from "../encap/types";
 import { hostRouteOverlapMessage, hostRouteOverlaps, serviceOverlapMessage, serviceOverlaps } from "../control/cidr-overlap";
 import { CAP_NET_ADMIN, parseStatusCaps } from "./capabilities";
 import { readHostRoutes } from "../control/host-routes";
+import { BRIDGE_NF_CALL_IPTABLES, IP_FORWARD, readSwitch } from "../control/sysctl";
 import { loadKeyring } from "../control/keyring";
 import { findUnderlayInterface } from "../control/underlay";
 import {
   CONFIG_HELP_NOTES, IPV4_OVERHEAD, MIN_MTU, configFileArg, daemonFlags, loadDaemonSettings, parseDaemonSettings, podCidrs, readPeersFile,
   type DaemonConfig,
 } from "./config";
-import { ownDevices } from "./daemon";
+import { ownRoutes } from "./daemon";
 import { boolSwitch, formatHelp } from "./flags";
 
 export type CheckStatus = "pass" | "fail" | "skip";
@@ -149,11 +150,39 @@ async function checkHostRoutes(config: DaemonConfig, peers: readonly Peer[]): Pr
   } catch (err) {
     return fail(id, `cannot list the routes (${(err as Error).message})`, "run where rtnetlink is available");
   }
-  const first = hostRouteOverlaps(pods, routes, ownDevices(config))[0];
+  const first = hostRouteOverlaps(pods, routes, ownRoutes(config))[0];
   if (first !== undefined) {
     return fail(id, hostRouteOverlapMessage(first), `ip route del ${formatSubnet(first.other.dst)}${first.other.dev === undefined ? "" : ` dev ${first.other.dev}`}, or choose other pod addresses`);
   }
   return pass(id, `no host route overlaps ${pods.map((p) => formatSubnet(p.subnet)).join(", ")}`);
+}
+
+function checkIpForward(): CheckResult {
+  const id = "ip-forward";
+  const now = readSwitch(IP_FORWARD);
+  if ("error" in now) return fail(id, `cannot read ${IP_FORWARD} (${now.error})`, "mount /proc; the node must route pod traffic");
+  if (now.value === "1") return pass(id, "net.ipv4.ip_forward is on");
+  try {
+    fs.accessSync(IP_FORWARD, fs.constants.W_OK);
+    return pass(id, "net.ipv4.ip_forward is off; the daemon turns it on at start");
+  } catch {
+    return fail(id, "net.ipv4.ip_forward is off, and this user cannot turn it on: the node would not route pod traffic",
+      "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d), or start the daemon as root");
+  }
+}
+
+function checkBridgeNetfilter(): CheckResult {
+  const id = "bridge-netfilter";
+  const hint = "modprobe br_netfilter && sysctl -w net.bridge.bridge-nf-call-iptables=1 (persist in /etc/modules-load.d and /etc/sysctl.d), as kubeadm requires";
+  const now = readSwitch(BRIDGE_NF_CALL_IPTABLES);
+  if ("error" in now) {
+    return now.error === "ENOENT"
+      ? fail(id, "br_netfilter is not loaded: kube-proxy's rules do not see traffic between two pods of this node, so a ClusterIP answered by a pod on the same node breaks", hint)
+      : fail(id, `cannot read ${BRIDGE_NF_CALL_IPTABLES} (${now.error})`, hint);
+  }
+  return now.value === "1"
+    ? pass(id, "net.bridge.bridge-nf-call-iptables is on: iptables sees bridged pod traffic")
+    : fail(id, "net.bridge.bridge-nf-call-iptables is off: kube-proxy's rules do not see traffic between two pods of this node", hint);
 }
 
 function checkKeyFile(config: DaemonConfig): CheckResult {
@@ -191,7 +220,7 @@ export async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv)
       results.push(pass("config", `valid: ${src.kind === "gossip" ? "gossip" : `static peers (${peers.length})`}, node ${config.nodeName}, underlay ${formatIpv4(config.underlayIp)}${file === undefined ? "" : `, with ${file.file}`}`));
     }
   }
-  results.push(checkTun(), checkCapNetAdmin());
+  results.push(checkTun(), checkCapNetAdmin(), checkIpForward(), checkBridgeNetfilter());
   const needs = ["underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "key-file"];
   if (config === undefined) {
     for (const id of needs) results.push(skip(id, "needs a valid configuration"));
@@ -220,7 +249,7 @@ export async function runDoctor(argv: readonly string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
     const flags = { json: { name: "json", help: "print the results as JSON", defaultText: "false", isSwitch: true, parse: boolSwitch }, ...daemonFlags };
     const summary = "Checks this host and a daemon configuration (the same flags, variables and --config as `vxmesh daemon`) before a start: " +
-      "/dev/net/tun, CAP_NET_ADMIN, ports, MTU, CIDR overlaps, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
+      "/dev/net/tun, CAP_NET_ADMIN, IP forwarding, bridge netfilter, ports, MTU, CIDR overlaps, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
     process.stdout.write(formatHelp("doctor", summary, flags, CONFIG_HELP_NOTES) + "\n");
     return 0;
   }

@@ -46,7 +46,7 @@ describe("serviceOverlaps", () => {
 
 describe("hostRouteOverlaps", () => {
   const pods = [cidr("10.244.0.0/16", "--cluster-cidr 10.244.0.0/16")];
-  const own = ["vxmesh0", "vxmesh-br"];
+  const own = { devices: ["vxmesh0", "vxmesh-br"], nodeSubnets: [] };
 
   it("finds a route inside or around the pod CIDR, of any type, with or without a device", () => {
     const routes = [
@@ -72,6 +72,25 @@ describe("hostRouteOverlaps", () => {
       route("192.0.2.0/24", { protocol: 2 }),
     ];
     expect(hostRouteOverlaps(pods, routes, own)).toEqual([]);
+  });
+
+  it("a device route inside this node's own subnet is its pod bridge, whatever made it; anything that could take other nodes' traffic is not", () => {
+    const withNode = { ...own, nodeSubnets: [subnet("10.244.13.0/24")] };
+    const bridge = route("10.244.13.0/24", { dev: "cni0", protocol: 2 });
+    const narrower = route("10.244.13.128/25", { dev: "br0", protocol: 2 });
+    expect(hostRouteOverlaps(pods, [bridge, narrower], withNode)).toEqual([]);
+    // Without knowing the node's subnet, the same route is a conflict (today's message).
+    expect(hostRouteOverlaps(pods, [bridge], own).map((o) => describeHostRoute(o.other))).toEqual(["10.244.13.0/24 dev cni0 proto kernel"]);
+    const others = [
+      route("10.244.14.0/24", { dev: "cni0", protocol: 2 }),                     // another node's subnet
+      route("10.244.12.0/23", { dev: "cni0", protocol: 2 }),                     // wider than ours
+      route("10.244.13.0/24", { dev: "eth1", gateway: ip("192.0.2.1") }),       // ours, but through a router
+    ];
+    expect(hostRouteOverlaps(pods, others, withNode).map((o) => describeHostRoute(o.other))).toEqual([
+      "10.244.14.0/24 dev cni0 proto kernel",
+      "10.244.12.0/23 dev cni0 proto kernel",
+      "10.244.13.0/24 via 192.0.2.1 dev eth1 proto static",
+    ]);
   });
 
   it("says which pod CIDR meets which route, on which device", () => {

@@ -6,7 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { parseSubnet, type Subnet } from "../encap/types";
-import { CniError, ErrorCode, formatResult, mergeResults, parseConfig, parseEnv, parseResult, versionResult } from "../cni/spec";
+import { CniError, ErrorCode, formatResult, mergeResults, parseConfig, parseEnv, parseResult, requestedAttachment, versionResult } from "../cni/spec";
+import { formatIpv4, formatMac } from "../encap/types";
 import { AddressStore, poolRange } from "../cni/store";
 import { hostVethAlias, hostVethName } from "../cni/handler";
 
@@ -87,6 +88,39 @@ describe("parseConfig", () => {
     expect(c.validAttachments).toEqual([{ containerID: "a", ifname: "eth0" }]);
     expect(parseConfig(JSON.stringify(base), "GC").validAttachments).toBeUndefined();
     expect(cniError(() => parseConfig(JSON.stringify({ ...base, "cni.dev/valid-attachments": [{ containerID: 1 }] }), "GC")).code).toBe(ErrorCode.InvalidConfig);
+  });
+});
+
+describe("requestedAttachment (CNI_ARGS IP=/MAC=, runtimeConfig ips/mac)", () => {
+  const conf = (extra: Record<string, unknown> = {}): ReturnType<typeof parseConfig> =>
+    parseConfig(JSON.stringify({ cniVersion: "1.0.0", name: "vxmesh", type: "vxmesh-cni", ...extra }), "ADD");
+  const shown = (args: string, extra?: Record<string, unknown>): { ip?: string; mac?: string } => {
+    const r = requestedAttachment(args, conf(extra));
+    return { ...(r.ip === undefined ? {} : { ip: formatIpv4(r.ip) }), ...(r.mac === undefined ? {} : { mac: formatMac(r.mac) }) };
+  };
+
+  it("reads IP and MAC from CNI_ARGS as podman passes them, ignoring other keys", () => {
+    expect(shown("IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME=web;MAC=02:AB:cd:00:00:07;IP=10.244.1.9")).toEqual({ ip: "10.244.1.9", mac: "02:ab:cd:00:00:07" });
+    expect(shown("")).toEqual({});
+    expect(shown("IgnoreUnknown=1;K8S_POD_NAME=a=b")).toEqual({});
+  });
+
+  it("reads the ips and mac capabilities and args.cni.ips, with or without a prefix length; the same address twice is one", () => {
+    expect(shown("", { runtimeConfig: { ips: ["10.244.1.9/24"], mac: "02:00:00:00:00:09" } })).toEqual({ ip: "10.244.1.9", mac: "02:00:00:00:00:09" });
+    expect(shown("", { args: { cni: { ips: ["10.244.1.10"] } } })).toEqual({ ip: "10.244.1.10" });
+    expect(shown("IP=10.244.1.9", { runtimeConfig: { ips: ["10.244.1.9/24"] } })).toEqual({ ip: "10.244.1.9" });
+  });
+
+  it("refuses malformed values, IPv6 and more than one address with the right code", () => {
+    const code = (args: string, extra?: Record<string, unknown>): number => cniError(() => requestedAttachment(args, conf(extra))).code;
+    expect(code("IP")).toBe(ErrorCode.InvalidEnvironment);
+    expect(code("IP=10.244.1.300")).toBe(ErrorCode.InvalidEnvironment);
+    expect(code("MAC=01:00:5e:00:00:01")).toBe(ErrorCode.InvalidEnvironment); // multicast
+    expect(code("", { runtimeConfig: { mac: "nope" } })).toBe(ErrorCode.InvalidConfig);
+    expect(code("", { runtimeConfig: { ips: ["fd00::5/64"] } })).toBe(ErrorCode.InvalidConfig);
+    expect(code("IP=10.244.1.9,10.244.1.10")).toBe(ErrorCode.InvalidConfig);
+    expect(code("IP=10.244.1.9", { runtimeConfig: { ips: ["10.244.1.10"] } })).toBe(ErrorCode.InvalidConfig);
+    expect(cniError(() => conf({ runtimeConfig: { ips: "10.244.1.9" } })).code).toBe(ErrorCode.InvalidConfig);
   });
 });
 
@@ -188,6 +222,23 @@ describe("AddressStore", () => {
     expect(s2.reserve(net, owner("b"))!.reservation.ip).toBe(a.ip + 1);
     expect(readdirSync(dir).filter((n) => n.startsWith(".tmp"))).toEqual([]);
     expect(JSON.parse(readFileSync(join(dir, "10.244.9.2"), "utf8"))).toMatchObject({ containerID: "a", ifname: "eth0", network: "vxmesh" });
+  });
+
+  it("reserves exactly the address asked for: the attachment's own again, a free one (moving the attachment), never another's", () => {
+    const dir = fresh();
+    const net = subnet("10.244.9.0/29");
+    const s = new AddressStore(dir);
+    const a = s.reserve(net, owner("a"))!.reservation;
+    expect(s.reserveExact(net, a.ip, owner("a"))).toEqual({ reservation: a });
+    expect(s.reserveExact(net, a.ip, owner("b"))).toEqual({ takenBy: a });
+    const moved = s.reserveExact(net, net.network + 5, owner("a"));
+    expect("reservation" in moved && moved.reservation.ip).toBe(net.network + 5);
+    expect(s.lookup("a", "eth0")?.ip).toBe(net.network + 5);
+    expect(readdirSync(dir).filter((n) => /^\d/.test(n))).toEqual(["10.244.9.5"]);
+    // Taken by another store on the same directory: learnt from the file, refused.
+    const other = new AddressStore(dir);
+    other.reserveExact(net, net.network + 6, owner("x"));
+    expect(s.reserveExact(net, net.network + 6, owner("b"))).toMatchObject({ takenBy: { containerID: "x", ifname: "eth0" } });
   });
 
   it("never hands out an address another store on the same directory took (link(2) is exclusive)", () => {

@@ -7,7 +7,7 @@
 // its teardown also when a test fails.
 
 import { execFile } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -26,7 +26,7 @@ async function ip(args: string[]): Promise<unknown[]> {
   return stdout.trim() === "" ? [] : (JSON.parse(stdout) as unknown[]);
 }
 
-interface IpLink { ifname: string; mtu: number; master?: string; operstate: string; flags: string[]; ifalias?: string; linkinfo?: { info_kind?: string; info_slave_data?: { hairpin?: boolean } } }
+interface IpLink { ifname: string; address?: string; mtu: number; master?: string; operstate: string; flags: string[]; ifalias?: string; linkinfo?: { info_kind?: string; info_slave_data?: { hairpin?: boolean } } }
 interface IpAddr { ifname: string; addr_info: { family: string; local: string; prefixlen: number }[] }
 interface IpRoute { dst: string; gateway?: string; dev: string }
 
@@ -237,28 +237,74 @@ describe("vxmesh-cni with the handler running", () => {
     expect(Object.values(reservationOwners(node))).not.toContain("err1/eth0");
   });
 
-  it("a failed ADD leaves nothing behind (interface name taken; pod already has a default route)", async () => {
+  it("a failed ADD leaves nothing behind (interface name taken; requested address taken)", async () => {
     const before = { veths: await vethsOf(node), reserved: reservations(node) };
 
     const taken = await pod();
     await execFileP("ip", ["-n", nsNameOf(taken), "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"]);
     expect(cniErr(await add(taken, "fail1"), 103).msg).toContain("eth0 already exists");
+    expect(await vethsOf(node)).toEqual(before.veths);
+    expect(reservations(node)).toEqual(before.reserved);
+    // And the attachment can be made once the obstacle is gone.
+    await execFileP("ip", ["-n", nsNameOf(taken), "link", "del", "eth0"]);
+    result(await add(taken, "fail1"));
+    expect((await del("fail1")).code).toBe(0);
+  });
 
-    // This one fails at the very last step, after the address, the veth and the bridge port.
+  it("a pod that another network already gave a default route gets its address and subnet, without a second default route", async () => {
     const routed = await pod();
     const rns = nsNameOf(routed);
     await execFileP("ip", ["-n", rns, "link", "add", "other0", "type", "veth", "peer", "name", "other1"]);
     await execFileP("ip", ["-n", rns, "link", "set", "other0", "up"]);
     await execFileP("ip", ["-n", rns, "route", "add", "default", "dev", "other0"]);
-    expect(cniErr(await add(routed, "fail2"), 103).msg).toContain("already has a default route");
-    expect((await links(rns)).map((l) => l.ifname).sort()).toEqual(["lo", "other0", "other1"]);
+    const r = result(await add(routed, "dflt1"));
+    expect(r.routes).toEqual([]);
+    expect(r.ips[0]?.address).toMatch(/^10\.244\.11\.\d+\/24$/);
+    // The first network's default route stays; the pod subnet is reached on eth0.
+    expect((await ip(["-n", rns, "-j", "route", "show", "default"])) as IpRoute[]).toMatchObject([{ dst: "default", dev: "other0" }]);
+    expect(await lab.ping(rns, "10.244.11.1")).toBe(true);
+    // CHECK accepts what ADD said.
+    expect((await node.call({ command: "CHECK", containerID: "dflt1", netns: routed, ifname: "eth0", config: node.config({ prevResult: r }) })).code).toBe(0);
+    expect((await del("dflt1")).code).toBe(0);
+  });
 
+  it("honours the address and MAC the runtime asks for (CNI_ARGS IP=/MAC=, runtimeConfig ips/mac), refuses one taken or outside the node's range", async () => {
+    const before = { veths: await vethsOf(node), reserved: reservations(node) };
+    const withArgs = (args: string): { env: Record<string, string> } => ({ env: { CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAME=web;${args}` } });
+    const p1 = await pod();
+    const a = result(await node.call({ command: "ADD", containerID: "req1", netns: p1, ifname: "eth0", ...withArgs("IP=10.244.11.200;MAC=02:00:0a:f4:0b:c8") }));
+    expect(a.ips[0]?.address).toBe("10.244.11.200/24");
+    expect(a.interfaces[2]?.mac).toBe("02:00:0a:f4:0b:c8");
+    expect((await links(nsNameOf(p1))).find((l) => l.ifname === "eth0")).toMatchObject({ address: "02:00:0a:f4:0b:c8" });
+
+    // What `podman network reload` does: DEL, then ADD with the same IP= and MAC=: the same address back.
+    expect((await del("req1")).code).toBe(0);
+    expect(reservations(node)).not.toContain("10.244.11.200");
+    const again = result(await node.call({ command: "ADD", containerID: "req1", netns: p1, ifname: "eth0", ...withArgs("IP=10.244.11.200;MAC=02:00:0a:f4:0b:c8") }));
+    expect(again.ips[0]?.address).toBe("10.244.11.200/24");
+
+    const p2 = await pod();
+    const rc = result(await node.call({ command: "ADD", containerID: "req2", netns: p2, ifname: "eth0", config: node.config({ runtimeConfig: { ips: ["10.244.11.201/24"], mac: "02:00:0a:f4:0b:c9" } }) }));
+    expect(rc.ips[0]?.address).toBe("10.244.11.201/24");
+    expect(rc.interfaces[2]?.mac).toBe("02:00:0a:f4:0b:c9");
+
+    const mid = { veths: await vethsOf(node), reserved: reservations(node) };
+    const p3 = await pod();
+    const takenErr = cniErr(await node.call({ command: "ADD", containerID: "req3", netns: p3, ifname: "eth0", ...withArgs("IP=10.244.11.200") }), 104);
+    expect(takenErr.msg).toBe("requested address 10.244.11.200 is in use");
+    expect(takenErr.details).toBe("reserved for container req1 interface eth0");
+    for (const [what, addr] of [["another subnet", "10.244.12.5"], ["the gateway", "10.244.11.1"], ["the broadcast address", "10.244.11.255"]] as const) {
+      expect(cniErr(await node.call({ command: "ADD", containerID: "req3", netns: p3, ifname: "eth0", ...withArgs(`IP=${addr}`) }), 104).msg, what)
+        .toBe(`requested address ${addr} is not in this node's pod range 10.244.11.2-10.244.11.254`);
+    }
+    expect(cniErr(await node.call({ command: "ADD", containerID: "req3", netns: p3, ifname: "eth0", ...withArgs("IP=10.244.11.999") }), 4).msg).toContain("is not an IPv4 address");
+    expect((await links(nsNameOf(p3))).map((l) => l.ifname)).toEqual(["lo"]);
+    expect(await vethsOf(node)).toEqual(mid.veths);
+    expect(reservations(node)).toEqual(mid.reserved);
+
+    for (const cid of ["req1", "req2"]) expect((await del(cid)).code).toBe(0);
     expect(await vethsOf(node)).toEqual(before.veths);
     expect(reservations(node)).toEqual(before.reserved);
-    // And the attachment can be made once the obstacle is gone.
-    await execFileP("ip", ["-n", rns, "route", "del", "default"]);
-    result(await add(routed, "fail2"));
-    expect((await del("fail2")).code).toBe(0);
   });
 
   it("passes prevResult on, speaks 0.4.0 and 1.0.0, tolerates unknown fields, CNI_ARGS and any JSON string content", async () => {
@@ -412,14 +458,48 @@ describe("vxmesh-cni with the handler running", () => {
     const installed = join(binDir, "vxmesh-cni");
     expect(statSync(installed).mode & 0o111).not.toBe(0);
     const list = JSON.parse(readFileSync(join(confDir, "10-vxmesh.conflist"), "utf8")) as { cniVersion: string; cniVersions: string[]; name: string; plugins: Record<string, unknown>[] };
-    expect(list).toMatchObject({ cniVersion: "1.1.0", cniVersions: ["0.4.0", "1.0.0", "1.1.0"], name: "vxmesh" });
-    expect(list.plugins).toEqual([{ type: "vxmesh-cni", controlSocket: node.socket, stateDir: node.stateDir }]);
+    // 1.0.0 on top: what libcni before 1.2 (podman 4.3, containerd 1.6/1.7) uses and can parse.
+    expect(list).toMatchObject({ cniVersion: "1.0.0", cniVersions: ["0.4.0", "1.0.0", "1.1.0"], name: "vxmesh" });
+    // No portmap in this bin dir: none chained.
+    expect(list.plugins).toEqual([{ type: "vxmesh-cni", controlSocket: node.socket, stateDir: node.stateDir, capabilities: { ips: true, mac: true } }]);
     // What a runtime derives from the list for the plugin (SPEC section 3).
     const conf = { ...list.plugins[0], cniVersion: list.cniVersion, name: list.name };
     const netns = await pod();
     const r = await runPlugin(installed, { command: "ADD", containerID: "inst1", netns, ifname: "eth0", config: conf, inNetns: node.namespace });
     expect(result(r).ips[0]?.address).toMatch(/^10\.244\.11\.\d+\/24$/);
+    expect(result(r).cniVersion).toBe("1.0.0");
     expect((await runPlugin(installed, { command: "DEL", containerID: "inst1", netns, ifname: "eth0", config: conf, inNetns: node.namespace })).code).toBe(0);
+  });
+
+  it("install-cni --cni-version chooses the top-level version, and portmap is chained when it is in the bin dir", async () => {
+    const dir = join(lab.workDir(), "install2");
+    const binDir = join(dir, "bin");
+    const confDir = join(dir, "net.d");
+    mkdirSync(binDir, { recursive: true });
+    copyFileSync(join(REFERENCE_DIR, "portmap"), join(binDir, "portmap"));
+    const lines: string[] = [];
+    const out = vi.spyOn(process.stdout, "write").mockImplementation(() => true);
+    const err = vi.spyOn(process.stderr, "write").mockImplementation((chunk) => {
+      lines.push(String(chunk));
+      return true;
+    });
+    const run = (args: string[]): Promise<number> => runInstallCni(["--bin-dir", binDir, "--conf-dir", confDir, "--run-dir", node.runDir, "--state-dir", node.stateDir, ...args]);
+    const read = (): { cniVersion: string; plugins: Record<string, unknown>[] } => JSON.parse(readFileSync(join(confDir, "10-vxmesh.conflist"), "utf8")) as never;
+    try {
+      expect(await run(["--cni-version", "1.1.0"])).toBe(0);
+      const list = read();
+      expect(list.cniVersion).toBe("1.1.0");
+      expect(list.plugins.map((p) => p["type"])).toEqual(["vxmesh-cni", "portmap"]);
+      expect(list.plugins[1]).toMatchObject({ capabilities: { portMappings: true } });
+      expect(await run(["--portmap=false"])).toBe(0);
+      expect(read()).toMatchObject({ cniVersion: "1.0.0", plugins: [{ type: "vxmesh-cni" }] });
+      expect(read().plugins).toHaveLength(1);
+      expect(await run(["--cni-version", "0.3.1"])).toBe(2);
+    } finally {
+      out.mockRestore();
+      err.mockRestore();
+    }
+    expect(lines.join("")).toContain("0.4.0, 1.0.0, 1.1.0");
   });
 });
 

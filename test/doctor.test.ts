@@ -7,8 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Lab, type LabNode } from "../bench/lab";
-import { cliPath } from "../bench/cluster";
+import { Lab, execOk, type LabNode } from "../bench/lab";
+import { Cluster, cliPath } from "../bench/cluster";
 import { generateKey } from "../control/keyring";
 import type { CheckResult } from "../daemon/doctor";
 
@@ -75,7 +75,7 @@ describe("vxmesh doctor in a healthy lab node", () => {
     const before = await snapshot();
     const r = await doctor(["--service-cidr", "10.96.0.0/12"]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    const ids = ["config", "tun", "cap-net-admin", "underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "key-file"];
+    const ids = ["config", "tun", "cap-net-admin", "ip-forward", "bridge-netfilter", "underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "key-file"];
     expect([...r.lines.keys()]).toEqual(ids);
     for (const id of ids) expect(r.lines.get(id), id).toMatch(/^ok /);
     expect(r.lines.get("underlay-mtu")).toBe(`ok eth0 (holding ${n1.underlayIp}) has MTU 1500: overlay MTU 1450 (underlay − 50) fits`);
@@ -183,6 +183,32 @@ describe("vxmesh doctor: each problem fails its own line with exit 1", () => {
     expect(r.code).toBe(1);
     expect(r.lines.get("underlay-mtu")).toMatch(/^FAIL --underlay-ip 192\.0\.2\.250 is not assigned to any interface/);
     expect(r.lines.get("vxlan-port")).toMatch(/^FAIL UDP 192\.0\.2\.250:4789 \(VXLAN\): 192\.0\.2\.250 is not an address of this host/);
+  });
+
+  it("IP forwarding off: doctor says the daemon turns it on, and a started daemon does (and says so); bridge netfilter off fails", async () => {
+    const l = lab as Lab;
+    const sysctl = async (kv: string): Promise<void> => { await execOk(n1, ["sysctl", "-q", "-w", kv]); };
+    await sysctl("net.ipv4.ip_forward=0");
+    await sysctl("net.bridge.bridge-nf-call-iptables=0");
+    const cluster = new Cluster(l);
+    try {
+      const r = await doctor();
+      expect(r.code, r.stdout).toBe(1);
+      expect(r.lines.get("ip-forward")).toBe("ok net.ipv4.ip_forward is off; the daemon turns it on at start");
+      expect(r.lines.get("bridge-netfilter")).toMatch(/^FAIL net\.bridge\.bridge-nf-call-iptables is off: kube-proxy's rules do not see traffic between two pods of this node — fix: modprobe br_netfilter/);
+      expect([...r.lines.values()].filter((x) => x.startsWith("FAIL"))).toHaveLength(1);
+
+      const daemon = await cluster.start(n1, { extraArgs: ["--metrics-addr", "off"] });
+      expect((await execOk(n1, ["sysctl", "-n", "net.ipv4.ip_forward"])).stdout.trim()).toBe("1");
+      expect(daemon.log).toContain("turned on IPv4 forwarding (net.ipv4.ip_forward=1)");
+      await daemon.stop();
+      // Left on at exit: pods and other plugins on the node rely on it.
+      expect((await execOk(n1, ["sysctl", "-n", "net.ipv4.ip_forward"])).stdout.trim()).toBe("1");
+    } finally {
+      await cluster.stopAll();
+      await sysctl("net.ipv4.ip_forward=1");
+      await sysctl("net.bridge.bridge-nf-call-iptables=1");
+    }
   });
 
   it("a bad config: the config line fails and the checks that need it are skipped", async () => {
