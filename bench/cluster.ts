@@ -1,6 +1,7 @@
 // Real vxmesh daemons on the lab's "vxmesh" nodes: one process per node, started inside the
-// node's namespace with the peers file the lab describes, stopped with SIGTERM. Shared by the
-// tests, the demo and the bench.
+// node's namespace with the peers file the lab describes, stopped with SIGTERM (or killed, and
+// started again with the same run and state dirs, as after a crash). Shared by the tests, the
+// demo and the bench.
 
 import type { ChildProcess } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -53,11 +54,16 @@ export class DaemonProcess {
   private output = "";
   readonly exited: Promise<number | null>;
 
+  /** The daemon's --state-dir (its lease, the CNI address store); kept across restarts. */
+  readonly stateDir: string;
+
   constructor(
     readonly node: LabNode,
     readonly runDir: string,
     readonly child: ChildProcess,
+    stateDir?: string,
   ) {
+    this.stateDir = stateDir ?? join(dirname(runDir), `${node.name}-state`);
     const keep = (chunk: Buffer): void => {
       this.output += chunk.toString("utf8");
       if (this.output.length > LOG_TAIL_BYTES) this.output = this.output.slice(-LOG_TAIL_BYTES);
@@ -83,6 +89,21 @@ export class DaemonProcess {
     return queryControl(this.runDir, "status") as Promise<DaemonStatus>;
   }
 
+  /**
+   * Sends `signal` (default SIGKILL: a crash, nothing cleaned up — the TAP vanishes with the
+   * process, the hand-off files and the control socket stay) and waits for the process to end.
+   */
+  async kill(signal: NodeJS.Signals = "SIGKILL", deadlineMs = 5000): Promise<void> {
+    if (!this.running) return;
+    this.child.kill(signal);
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), deadlineMs);
+    try {
+      await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** SIGTERM, then SIGKILL if it has not exited within the deadline; returns the exit code. */
   async stop(deadlineMs = 5000): Promise<number | null> {
     if (!this.running) return this.exited;
@@ -100,6 +121,8 @@ export class DaemonProcess {
 export class Cluster {
   readonly daemons = new Map<string, DaemonProcess>();
   private readonly dir: string;
+  /** The options each node's daemon was last started with successfully, for restart(). */
+  private readonly lastOptions = new Map<string, DaemonOptions>();
 
   constructor(readonly lab: Lab) {
     this.dir = mkdtempSync(join(lab.workDir(), "cluster-"));
@@ -135,9 +158,19 @@ export class Cluster {
     ];
   }
 
+  /** The --run-dir a node's daemon gets (also before it is started): the same on every start. */
+  runDirOf(node: LabNode): string {
+    return join(this.dir, `${node.name}-run`);
+  }
+
+  /** The --state-dir a node's daemon gets: the same on every start, so a restart finds its lease. */
+  stateDirOf(node: LabNode): string {
+    return join(this.dir, `${node.name}-state`);
+  }
+
   async start(node: LabNode, options: DaemonOptions = {}): Promise<DaemonProcess> {
-    const runDir = join(this.dir, `${node.name}-run`);
-    const stateDir = join(this.dir, `${node.name}-state`);
+    const runDir = this.runDirOf(node);
+    const stateDir = this.stateDirOf(node);
     if (options.dirOwner !== undefined) {
       // The user must pass through the (root-owned, 0700) temporary directories to reach them.
       chmodSync(this.lab.workDir(), 0o711);
@@ -160,7 +193,7 @@ export class Cluster {
       ...(options.extraArgs ?? []),
     ];
     const child = this.lab.spawn(node, argv, { env: { ...process.env, VXMESH_LOG_LEVEL: process.env["VXMESH_LOG_LEVEL"] ?? "info" } });
-    const daemon = new DaemonProcess(node, runDir, child);
+    const daemon = new DaemonProcess(node, runDir, child, stateDir);
     this.daemons.set(node.name, daemon);
     try {
       // Stops waiting as soon as the daemon exits (waitFor would take a throw for "not yet").
@@ -171,7 +204,22 @@ export class Cluster {
       await daemon.stop();
       throw err;
     }
+    this.lastOptions.set(node.name, options);
     return daemon;
+  }
+
+  /**
+   * Starts the node's daemon again with the options it last started with and the same run
+   * and state dirs (so a gossip node finds its lease), once the previous process has ended
+   * (kill() or stop() it first). `options` replaces the remembered ones.
+   */
+  async restart(node: LabNode, options?: DaemonOptions): Promise<DaemonProcess> {
+    const previous = this.daemons.get(node.name);
+    if (previous === undefined) throw new Error(`no daemon was started on ${node.name}`);
+    if (previous.running) throw new Error(`the daemon on ${node.name} is still running: kill() or stop() it before restart()`);
+    const o = options ?? this.lastOptions.get(node.name);
+    if (o === undefined) throw new Error(`the daemon on ${node.name} never started successfully: give restart() its options`);
+    return this.start(node, o);
   }
 
   daemon(nodeName: string): DaemonProcess {

@@ -215,6 +215,69 @@ export class CniNode {
   }
 }
 
+/** A network configuration list as a runtime reads it from its conf dir. */
+export interface Conflist {
+  cniVersion: string;
+  name: string;
+  plugins: Record<string, unknown>[];
+}
+
+export interface ConflistCall {
+  command: "ADD" | "CHECK" | "DEL";
+  containerID: string;
+  netns?: string;
+  ifname: string;
+  /** The plugin binaries (CNI_PATH); default REFERENCE_DIR. */
+  binDir?: string;
+  /** Exec the plugins inside this network namespace (the node's), as the runtime on it would. */
+  inNetns?: string;
+  /** CHECK and DEL: the result the ADD gave (the runtime's cache), passed to each plugin as prevResult. */
+  prevResult?: unknown;
+  /** Values offered for capabilities (ips, mac, portMappings, …): each plugin gets, as runtimeConfig, those it declares. */
+  capabilityArgs?: Record<string, unknown>;
+}
+
+export interface ConflistRun {
+  /** Every plugin exec'd, in order; the last one failed when `ok` is false. */
+  runs: { type: string; run: PluginRun }[];
+  ok: boolean;
+  /** ADD: the last plugin's result (what the runtime caches); undefined otherwise or on failure. */
+  result: Record<string, unknown> | undefined;
+}
+
+/**
+ * Runs a conflist as libcni does (SPEC section 3, "Network configuration lists"): ADD execs the
+ * plugins in order, each getting the list's cniVersion and name, the runtimeConfig of the
+ * capabilities it declares, and from the second on the previous plugin's result as prevResult;
+ * CHECK in order and DEL in reverse order, each with the cached ADD result as prevResult. Stops
+ * at the first plugin that fails.
+ */
+export async function runConflist(list: Conflist, call: ConflistCall): Promise<ConflistRun> {
+  const plugins = call.command === "DEL" ? [...list.plugins].reverse() : list.plugins;
+  const runs: ConflistRun["runs"] = [];
+  let prev: unknown = call.command === "ADD" ? undefined : call.prevResult;
+  for (const plugin of plugins) {
+    const type = String(plugin["type"]);
+    const declared = (plugin["capabilities"] ?? {}) as Record<string, unknown>;
+    const runtimeConfig: Record<string, unknown> = {};
+    for (const [cap, value] of Object.entries(call.capabilityArgs ?? {})) if (declared[cap] === true) runtimeConfig[cap] = value;
+    const config: Record<string, unknown> = {
+      ...plugin, cniVersion: list.cniVersion, name: list.name,
+      ...(Object.keys(runtimeConfig).length > 0 ? { runtimeConfig } : {}),
+      ...(prev === undefined ? {} : { prevResult: prev }),
+    };
+    const binDir = call.binDir ?? REFERENCE_DIR;
+    const run = await runPlugin(join(binDir, type), {
+      command: call.command, containerID: call.containerID, netns: call.netns, ifname: call.ifname,
+      config, inNetns: call.inNetns, env: { CNI_PATH: binDir },
+    });
+    runs.push({ type, run });
+    if (run.code !== 0) return { runs, ok: false, result: undefined };
+    if (call.command === "ADD") prev = run.json;
+  }
+  return { runs, ok: true, result: call.command === "ADD" ? (prev as Record<string, unknown> | undefined) : undefined };
+}
+
 /** The reference pair's configuration: bridge + host-local, set up like vxmesh's. */
 export function referenceConfig(o: { version: string; subnet: string; dataDir: string; mtu?: number; name?: string; bridge?: string }): Record<string, unknown> {
   return {
