@@ -10,6 +10,11 @@
 //   its netlink socket there, which the kernel allows only with CAP_SYS_ADMIN.
 // - CAP_NET_BIND_SERVICE only at start, and only for a configured port below 1024: every socket
 //   is bound during set-up, so it is never kept.
+// - What a program the daemon runs needs (`ExecNeeds`: iptables-restore for --ip-masq and
+//   --forward-accept, CAP_NET_ADMIN, plus CAP_NET_RAW for iptables-legacy): kept by `auto`, and
+//   for a non-root daemon also kept inheritable and ambient, the only way an exec'd program
+//   without file capabilities gets any. A root daemon's programs get the bounding set ∩ the
+//   permitted set (no_new_privs), which already holds them.
 
 import { readdirSync, readFileSync } from "node:fs";
 import type { Parsed } from "../encap/types";
@@ -26,6 +31,7 @@ export const CAP_NAMES = [
 ] as const;
 
 export const CAP_NET_ADMIN = 1n << 12n;
+export const CAP_NET_RAW = 1n << 13n;
 export const CAP_SYS_ADMIN = 1n << 21n;
 
 /** --keep-caps: `auto`, `all` (drop nothing) or an explicit set. */
@@ -103,6 +109,8 @@ export interface ExpectedCaps {
   effective: bigint;
   permitted: bigint;
   bounding: bigint;
+  /** The inheritable and ambient sets; empty when undefined. */
+  ambient?: bigint;
 }
 
 /** A set for messages: its names, or its hex mask when it is long. */
@@ -113,18 +121,20 @@ function showCaps(mask: bigint): string {
 }
 
 /**
- * How the threads differ from the expected sets (inheritable and ambient must be empty,
- * no_new_privs set); threads that differ alike share one entry. Empty when all match.
+ * How the threads differ from the expected sets (inheritable and ambient as `want.ambient`,
+ * empty by default; no_new_privs set); threads that differ alike share one entry. Empty when
+ * all match.
  */
 export function threadsNotAt(threads: readonly ThreadCaps[], want: ExpectedCaps): string[] {
   const byDiff = new Map<string, number[]>();
+  const ambient = want.ambient ?? 0n;
   for (const t of threads) {
     const diffs: string[] = [];
     if (t.effective !== want.effective) diffs.push(`effective ${showCaps(t.effective)}`);
     if (t.permitted !== want.permitted) diffs.push(`permitted ${showCaps(t.permitted)}`);
     if (t.bounding !== want.bounding) diffs.push(`bounding ${showCaps(t.bounding)}`);
-    if (t.inheritable !== 0n) diffs.push(`inheritable ${showCaps(t.inheritable)}`);
-    if (t.ambient !== 0n) diffs.push(`ambient ${showCaps(t.ambient)}`);
+    if (t.inheritable !== ambient) diffs.push(`inheritable ${showCaps(t.inheritable)}`);
+    if (t.ambient !== ambient) diffs.push(`ambient ${showCaps(t.ambient)}`);
     if (!t.noNewPrivs) diffs.push("no_new_privs unset");
     if (diffs.length === 0) continue;
     const key = diffs.join(", ");
@@ -141,15 +151,30 @@ export function netAdminMissing(effective: bigint): string | undefined {
     "or setpriv --inh-caps=+net_admin --ambient-caps=+net_admin";
 }
 
+/** Capabilities a program the daemon runs after the drop must hold, and what it is for. */
+export interface ExecNeeds {
+  caps: bigint;
+  /** e.g. "iptables-nft-restore (--ip-masq, --forward-accept)". */
+  why: string;
+}
+
 export interface KeepPlan {
   keep: bigint;
+  /** Kept inheritable and ambient too, for exec'd programs (non-root only). */
+  ambient: bigint;
   /** Things the operator should know (a capability asked for but not held, CNI without CAP_SYS_ADMIN). */
   notes: string[];
 }
 
-/** What to keep, given --keep-caps and the permitted set at start. */
-export function planKeep(want: { kind: "auto" } | { kind: "set"; mask: bigint }, permitted: bigint): KeepPlan {
-  const asked = want.kind === "auto" ? CAP_NET_ADMIN | CAP_SYS_ADMIN : want.mask;
+/**
+ * What to keep, given --keep-caps, the permitted set at start, what exec'd programs need and
+ * whether the daemon runs as root (whose programs get their capabilities from the bounding set).
+ */
+export function planKeep(
+  want: { kind: "auto" } | { kind: "set"; mask: bigint }, permitted: bigint, exec?: ExecNeeds, root = true,
+): KeepPlan {
+  const execCaps = exec?.caps ?? 0n;
+  const asked = want.kind === "auto" ? CAP_NET_ADMIN | CAP_SYS_ADMIN | execCaps : want.mask;
   const keep = asked & permitted;
   const notes: string[] = [];
   const missing = want.kind === "set" ? asked & ~permitted : 0n;
@@ -157,11 +182,18 @@ export function planKeep(want: { kind: "auto" } | { kind: "set"; mask: bigint },
   if ((keep & CAP_SYS_ADMIN) === 0n) {
     notes.push("without CAP_SYS_ADMIN the CNI handler cannot enter pod network namespaces: CNI ADD and CHECK through vxmesh-cni fail (DEL still works)");
   }
-  return { keep, notes };
+  const lacking = execCaps & ~keep;
+  if (exec !== undefined && lacking !== 0n) {
+    notes.push(`${exec.why} needs ${capNames(lacking).join(", ")}, which ${want.kind === "set" ? "--keep-caps does not name" : "the daemon does not hold"}: ` +
+      "the periodic re-check of its rules and their removal at exit will fail");
+  }
+  return { keep, ambient: root ? 0n : execCaps & keep, notes };
 }
 
 export interface DropOutcome {
   kept: bigint;
+  /** Kept inheritable and ambient (for exec'd programs of a non-root daemon). */
+  ambient: bigint;
   bounding: bigint;
   threads: number;
   notes: string[];
@@ -173,11 +205,13 @@ const DROP_DEADLINE_MS = 2000;
  * Drops every capability outside the plan on every thread, then reads every thread's sets back
  * from /proc and compares. An error names the threads that failed and how.
  */
-export function dropCapabilities(want: { kind: "auto" } | { kind: "set"; mask: bigint }, native: NativeShim = loadNative()): Parsed<DropOutcome> {
+export function dropCapabilities(
+  want: { kind: "auto" } | { kind: "set"; mask: bigint }, exec?: ExecNeeds, native: NativeShim = loadNative(),
+): Parsed<DropOutcome> {
   const self = readThreadCaps("self").find((t) => t.tid === process.pid);
   if (self === undefined) return { ok: false, error: "cannot read this process's capabilities from /proc/self/task" };
-  const plan = planKeep(want, self.permitted);
-  const report = native.dropCapabilities(plan.keep, DROP_DEADLINE_MS);
+  const plan = planKeep(want, self.permitted, exec, process.geteuid?.() === 0);
+  const report = native.dropCapabilities(plan.keep, DROP_DEADLINE_MS, plan.ambient);
   if (!report.ok) {
     const parts = [
       ...(report.error === undefined ? [] : [report.error]),
@@ -191,7 +225,7 @@ export function dropCapabilities(want: { kind: "auto" } | { kind: "set"; mask: b
     notes.push(`the bounding set still holds ${capNames(report.bounding & ~plan.keep).join(", ")}: shrinking it needs CAP_SETPCAP, so start the daemon with it reduced ` +
       "(systemd CapabilityBoundingSet=, Kubernetes capabilities drop: [ALL], setpriv --bounding-set); no_new_privs already keeps exec from granting any of them");
   }
-  const wrong = threadsNotAt(readThreadCaps("self"), { effective: plan.keep, permitted: plan.keep, bounding: report.bounding });
+  const wrong = threadsNotAt(readThreadCaps("self"), { effective: plan.keep, permitted: plan.keep, bounding: report.bounding, ambient: plan.ambient });
   if (wrong.length > 0) return { ok: false, error: `after dropping capabilities, threads still differ: ${wrong.join("; ")}` };
-  return { ok: true, value: { kept: report.kept, bounding: report.bounding, threads: report.threads, notes } };
+  return { ok: true, value: { kept: report.kept, ambient: plan.ambient, bounding: report.bounding, threads: report.threads, notes } };
 }

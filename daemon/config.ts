@@ -14,6 +14,7 @@ import { readConfigFile } from "./config-file";
 import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec } from "./flags";
 import { parseLogFormat, type LogFormat } from "./log";
 import { parseKeepCaps, type KeepCaps } from "./capabilities";
+import { parseIptablesBackend, type BackendChoice } from "../control/iptables-rules";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -61,6 +62,11 @@ export interface DaemonConfig {
   /** Service CIDRs pod addresses must stay clear of; each with where it was set. */
   serviceCidrs: LabelledCidr[];
   keepCaps: KeepCaps;
+  /** Pod traffic to outside the cluster CIDR leaves with the node's address (iptables MASQUERADE). */
+  ipMasq: boolean;
+  /** FORWARD accepts traffic from and to the cluster CIDR (a FORWARD policy of DROP does not cut pods off). */
+  forwardAccept: boolean;
+  iptablesBackend: BackendChoice;
 }
 
 /** The underlay IPv4 + UDP + VXLAN + inner Ethernet headers. */
@@ -117,7 +123,10 @@ export const daemonFlags = {
   batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
   offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
   busyPoll: { name: "busy-poll", help: `µs the forwarder keeps polling after traffic instead of sleeping, yielding the CPU to any runnable thread between polls (lower latency and more packets per second, for up to one busy core while traffic flows; during a burst, more than ${BURST_WAKES} wake-ups within ${BURST_PERIOD_MS} ms, at most ${BURST_SPIN_US}), 0-${MAX_BUSY_POLL_US}; 0 sleeps at once`, defaultText: String(DEFAULT_BUSY_POLL_US), parse: intInRange(0, MAX_BUSY_POLL_US) } satisfies FlagSpec<number>,
-  keepCaps: { name: "keep-caps", help: "capabilities kept after set-up, on every thread (the rest are dropped and no_new_privs is set): auto (net_admin, plus sys_admin when held, for the CNI handler to enter pod namespaces), a comma list such as net_admin, or all to drop nothing", defaultText: "auto", parse: parseKeepCaps } satisfies FlagSpec<KeepCaps>,
+  keepCaps: { name: "keep-caps", help: "capabilities kept after set-up, on every thread (the rest are dropped and no_new_privs is set): auto (net_admin, plus sys_admin when held, for the CNI handler to enter pod namespaces, plus net_raw for iptables-legacy when --ip-masq or --forward-accept use it; a non-root daemon keeps what iptables needs ambient too), a comma list such as net_admin, or all to drop nothing", defaultText: "auto", parse: parseKeepCaps } satisfies FlagSpec<KeepCaps>,
+  ipMasq: { name: "ip-masq", help: "pod traffic to addresses outside the cluster CIDR (static peers: this node's and every peer's subnet) leaves with the node's address: iptables MASQUERADE --random-fully in the chain VXMESH-POSTROUTING, skipping packets kube-proxy marked (0x4000); pod↔pod and node↔pod traffic keeps its addresses (--ip-masq=false: no NAT)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  forwardAccept: { name: "forward-accept", help: "FORWARD accepts traffic from and to the cluster CIDR (chain VXMESH-FORWARD, jumped to first), so a FORWARD policy of DROP, as Docker sets, does not cut pod traffic (--forward-accept=false: leave FORWARD alone)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  iptablesBackend: { name: "iptables-backend", help: "where --ip-masq and --forward-accept put their rules: auto (the back end the node's rules are in, as kube-proxy's iptables-wrapper decides; nft when there are none), nft or legacy", defaultText: "auto", parse: parseIptablesBackend } satisfies FlagSpec<BackendChoice>,
   sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
 };
 
@@ -185,6 +194,9 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
       busyPoll: v.busyPoll ?? DEFAULT_BUSY_POLL_US,
       serviceCidrs: (v.serviceCidr ?? []).map((subnet) => ({ subnet, label: `service CIDR ${formatSubnet(subnet)} (${describeOrigin("service-cidr", o.serviceCidr)})` })),
       keepCaps: v.keepCaps ?? { kind: "auto" },
+      ipMasq: v.ipMasq ?? true,
+      forwardAccept: v.forwardAccept ?? true,
+      iptablesBackend: v.iptablesBackend ?? "auto",
     },
   };
 }

@@ -14,7 +14,8 @@ import { readHostRoutes } from "../control/host-routes";
 import { ensureIpForwarding } from "../control/sysctl";
 import { IPV4_OVERHEAD, MIN_MTU, podCidrs, readPeersFile, serviceCidrConflict, type DaemonConfig } from "./config";
 import { closeControl, controlInUse, controlSocketPath, listenControl } from "./control-socket";
-import { DataPlane, type ChangeTrigger, type KernelChanges } from "./dataplane";
+import { DataPlane, RECONCILE_INTERVAL_MS, type ChangeTrigger, type KernelChanges } from "./dataplane";
+import { EgressRules, prepareEgress } from "../control/iptables";
 import { GossipController } from "./gossip-controller";
 import { removeHandoff, writeHandoff } from "./handoff";
 import { readLease } from "./lease-file";
@@ -109,6 +110,9 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
   // Before anything is made: without CAP_NET_ADMIN nothing below can work.
   const noNetAdmin = netAdminMissing(readThreadCaps("self").find((t) => t.tid === process.pid)?.effective ?? 0n);
   if (noNetAdmin !== undefined) throw new StartupError(noNetAdmin);
+  // --ip-masq, --forward-accept: the iptables programs and the back end (reads rules, writes none).
+  const egress = await prepareEgress({ masquerade: config.ipMasq, forwardAccept: config.forwardAccept, backend: config.iptablesBackend, runDir: config.runDir }, log);
+  if (!egress.ok) throw new StartupError(egress.error);
   // The node routes pod traffic between the pod bridge and the TAP (left on at exit: others rely on it).
   const forwarding = ensureIpForwarding();
   if (!forwarding.ok) throw new StartupError(forwarding.error);
@@ -138,8 +142,19 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
         controlSocket: controlSocketPath(config.runDir),
       });
     };
+    // A crashed run's hand-off may name a subnet this run will not get: withdrawn until confirmed.
+    removeHandoff(config.runDir);
     cleanups.push(() => removeHandoff(config.runDir));
 
+    // Egress and FORWARD rules for the pod addresses; removed after a gossip leave at stop.
+    if (egress.value !== undefined) {
+      const cidrs = podCidrs(config, staticPeers).map((c) => c.subnet);
+      const rules = await EgressRules.start(egress.value, {
+        masquerade: config.ipMasq, forwardAccept: config.forwardAccept, intervalMs: RECONCILE_INTERVAL_MS, cidrs: () => cidrs,
+      }, log);
+      if (!rules.ok) throw new StartupError(rules.error);
+      cleanups.push(() => rules.value.stop().then(() => undefined));
+    }
     let gossip: GossipController | undefined;
     if (src.kind === "static") {
       await applyOrRefuse(() => dp.setSubnet(src.subnet, config.vtepMac));
@@ -244,10 +259,11 @@ export async function startDaemon(config: DaemonConfig, log: Logger): Promise<Ru
     }
     // Set-up is done (every socket bound, every thread started): keep only what is still needed.
     if (config.keepCaps.kind !== "all") {
-      const dropped = dropCapabilities(config.keepCaps);
+      const iptablesNeeds = egress.value === undefined ? undefined : { caps: egress.value.capabilities, why: `iptables-${egress.value.tools.backend}-restore (--ip-masq, --forward-accept)` };
+      const dropped = dropCapabilities(config.keepCaps, iptablesNeeds);
       if (!dropped.ok) throw new StartupError(`--keep-caps: ${dropped.error}`);
       for (const note of dropped.value.notes) log.warn(note);
-      log.info({ kept: capNames(dropped.value.kept), bounding: capNames(dropped.value.bounding), threads: dropped.value.threads, noNewPrivs: true }, "capabilities dropped");
+      log.info({ kept: capNames(dropped.value.kept), ambient: capNames(dropped.value.ambient), bounding: capNames(dropped.value.bounding), threads: dropped.value.threads, noNewPrivs: true }, "capabilities dropped");
     } else {
       log.warn("--keep-caps all: the daemon keeps every capability it was started with");
     }

@@ -16,8 +16,8 @@ import type { KernelFacts } from "./trace";
 import type { BatchHistogram, PeerTraffic } from "../encap/counters";
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
-/** How often the kernel state is re-checked against what the daemon wants. */
-const RECONCILE_INTERVAL_MS = 10_000;
+/** How often the kernel state (routes, neighbours; iptables rules too) is re-checked against what the daemon wants. */
+export const RECONCILE_INTERVAL_MS = 10_000;
 /** Super-frames per TAP read burst and GRO runs per recvmmsg (each up to 64 KB). */
 const OFFLOAD_BATCHES = { tapBatch: 64, rxBatch: 16 };
 

@@ -12,6 +12,7 @@ import { hostRouteOverlapMessage, hostRouteOverlaps, serviceOverlapMessage, serv
 import { CAP_NET_ADMIN, parseStatusCaps } from "./capabilities";
 import { readHostRoutes } from "../control/host-routes";
 import { BRIDGE_NF_CALL_IPTABLES, IP_FORWARD, readSwitch } from "../control/sysctl";
+import { readForwardPolicy } from "../control/iptables";
 import { loadKeyring } from "../control/keyring";
 import { findUnderlayInterface } from "../control/underlay";
 import {
@@ -185,6 +186,23 @@ function checkBridgeNetfilter(): CheckResult {
     : fail(id, "net.bridge.bridge-nf-call-iptables is off: kube-proxy's rules do not see traffic between two pods of this node", hint);
 }
 
+async function checkForwardPolicy(config: DaemonConfig): Promise<CheckResult> {
+  const id = "forward-policy";
+  const egress = { masquerade: config.ipMasq, forwardAccept: config.forwardAccept, backend: config.iptablesBackend, runDir: config.runDir };
+  const read = await readForwardPolicy(egress);
+  if (!read.ok) {
+    return config.ipMasq || config.forwardAccept
+      ? fail(id, read.error, "apt-get install iptables, or run with root privileges")
+      : skip(id, `--ip-masq=false --forward-accept=false, and the FORWARD policy cannot be read (${read.error})`);
+  }
+  const { backend, policy = "ACCEPT" } = read.value;
+  const where = `FORWARD policy ${policy} (iptables-${backend}, ${read.value.reason})`;
+  if (policy === "ACCEPT") return pass(id, `${where}: forwarded pod traffic passes`);
+  if (config.forwardAccept) return pass(id, `${where}: vxmesh's chain VXMESH-FORWARD accepts the cluster's pod traffic (--forward-accept)`);
+  return fail(id, `${where} and --forward-accept=false: pod traffic between nodes and to services is dropped`,
+    "leave --forward-accept on, or accept the pod CIDRs in FORWARD yourself");
+}
+
 function checkKeyFile(config: DaemonConfig): CheckResult {
   const id = "key-file";
   if (config.source.kind !== "gossip") return skip(id, "static peers: no --key-file");
@@ -221,7 +239,7 @@ export async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv)
     }
   }
   results.push(checkTun(), checkCapNetAdmin(), checkIpForward(), checkBridgeNetfilter());
-  const needs = ["underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "key-file"];
+  const needs = ["underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "forward-policy", "key-file"];
   if (config === undefined) {
     for (const id of needs) results.push(skip(id, "needs a valid configuration"));
     return results;
@@ -241,6 +259,7 @@ export async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv)
     : await checkPort("metrics-port", "tcp", c.metricsAddr.host, c.metricsAddr.port, "metrics", "--metrics-addr"));
   results.push(checkServiceCidrs(c, peers));
   results.push(await checkHostRoutes(c, peers));
+  results.push(await checkForwardPolicy(c));
   results.push(checkKeyFile(c));
   return results;
 }
@@ -249,7 +268,7 @@ export async function runDoctor(argv: readonly string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
     const flags = { json: { name: "json", help: "print the results as JSON", defaultText: "false", isSwitch: true, parse: boolSwitch }, ...daemonFlags };
     const summary = "Checks this host and a daemon configuration (the same flags, variables and --config as `vxmesh daemon`) before a start: " +
-      "/dev/net/tun, CAP_NET_ADMIN, IP forwarding, bridge netfilter, ports, MTU, CIDR overlaps, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
+      "/dev/net/tun, CAP_NET_ADMIN, IP forwarding, bridge netfilter, ports, MTU, CIDR overlaps, the FORWARD policy, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
     process.stdout.write(formatHelp("doctor", summary, flags, CONFIG_HELP_NOTES) + "\n");
     return 0;
   }

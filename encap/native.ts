@@ -130,13 +130,14 @@ export interface NativeShim {
   /**
    * Reduces the capabilities of every thread of the process (capability sets are per thread on
    * Linux; capset and prctl change only the caller's): effective and permitted become
-   * `keep` ∩ permitted, inheritable and ambient become empty, the bounding set shrinks to `keep`
-   * when CAP_SETPCAP allows it, and no_new_privs is set. Each other thread does it in the handler
-   * of the signal SIGRTMIN-1, the one the C library reserves for setuid() across threads, which
-   * no thread can block; `deadlineMs` bounds the wait for their answers. Never throws for a
+   * `keep` ∩ permitted, inheritable and ambient become `ambient` ∩ that (empty by default; a
+   * non-root process keeps there what a program it execs must hold), the bounding set shrinks to
+   * `keep` when CAP_SETPCAP allows it, and no_new_privs is set. Each other thread does it in the
+   * handler of the signal SIGRTMIN-1, the one the C library reserves for setuid() across threads,
+   * which no thread can block; `deadlineMs` bounds the wait for their answers. Never throws for a
    * failed drop: the report says what happened.
    */
-  dropCapabilities(keep: bigint, deadlineMs: number): CapDropReport;
+  dropCapabilities(keep: bigint, deadlineMs: number, ambient?: bigint): CapDropReport;
 }
 
 export interface CapDropReport {

@@ -8,7 +8,7 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import {
-  CAP_NET_ADMIN, CAP_SYS_ADMIN, capNames, netAdminMissing, parseKeepCaps, parseStatusCaps, planKeep, threadsNotAt,
+  CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN, capNames, netAdminMissing, parseKeepCaps, parseStatusCaps, planKeep, threadsNotAt,
   type ThreadCaps,
 } from "../daemon/capabilities";
 import { parseDaemonConfig } from "../daemon/config";
@@ -81,12 +81,37 @@ describe("capability sets", () => {
 
   it("plans: auto keeps net_admin and sys_admin when held, and says what is lost without sys_admin", () => {
     const root = 0x1fffeffffffn;
-    expect(planKeep({ kind: "auto" }, root)).toEqual({ keep: CAP_NET_ADMIN | CAP_SYS_ADMIN, notes: [] });
+    expect(planKeep({ kind: "auto" }, root)).toEqual({ keep: CAP_NET_ADMIN | CAP_SYS_ADMIN, ambient: 0n, notes: [] });
     const nobody = planKeep({ kind: "auto" }, CAP_NET_ADMIN);
     expect(nobody.keep).toBe(CAP_NET_ADMIN);
     expect(nobody.notes.join()).toMatch(/without CAP_SYS_ADMIN the CNI handler cannot enter pod network namespaces/);
     const asked = planKeep({ kind: "set", mask: CAP_NET_ADMIN | CAP_SYS_ADMIN }, CAP_NET_ADMIN);
     expect(asked.notes.join()).toMatch(/names sys_admin, which the daemon does not hold/);
+  });
+
+  it("plans for exec'd programs (iptables): auto keeps what they need; a non-root daemon keeps it ambient too; a set without it is warned about", () => {
+    const root = 0x1fffeffffffn;
+    const legacy = { caps: CAP_NET_ADMIN | CAP_NET_RAW, why: "iptables-legacy-restore (--ip-masq, --forward-accept)" };
+    expect(planKeep({ kind: "auto" }, root, legacy, true)).toEqual({ keep: CAP_NET_ADMIN | CAP_NET_RAW | CAP_SYS_ADMIN, ambient: 0n, notes: [] });
+    const nobody = planKeep({ kind: "auto" }, CAP_NET_ADMIN | CAP_NET_RAW, legacy, false);
+    expect(nobody.keep).toBe(CAP_NET_ADMIN | CAP_NET_RAW);
+    expect(nobody.ambient).toBe(CAP_NET_ADMIN | CAP_NET_RAW);
+    const nft = planKeep({ kind: "auto" }, CAP_NET_ADMIN | CAP_NET_RAW, { caps: CAP_NET_ADMIN, why: "iptables-nft-restore" }, false);
+    expect([nft.keep, nft.ambient]).toEqual([CAP_NET_ADMIN, CAP_NET_ADMIN]);
+    const notHeld = planKeep({ kind: "auto" }, CAP_NET_ADMIN, legacy, false);
+    expect(notHeld.ambient).toBe(CAP_NET_ADMIN);
+    expect(notHeld.notes.join("\n")).toMatch(/iptables-legacy-restore \(--ip-masq, --forward-accept\) needs net_raw, which the daemon does not hold: the periodic re-check/);
+    const named = planKeep({ kind: "set", mask: CAP_NET_ADMIN }, root, legacy, true);
+    expect(named.keep).toBe(CAP_NET_ADMIN);
+    expect(named.notes.join("\n")).toMatch(/needs net_raw, which --keep-caps does not name/);
+  });
+
+  it("threads must show the expected inheritable and ambient sets", () => {
+    const t = parseStatusCaps(1, status("0000000000001000")) as ThreadCaps;
+    const want = { effective: CAP_NET_ADMIN, permitted: CAP_NET_ADMIN, bounding: CAP_NET_ADMIN };
+    expect(threadsNotAt([t], { ...want, ambient: CAP_NET_ADMIN })).toEqual(["thread 1: inheritable none, ambient none (want net_admin)"]);
+    expect(threadsNotAt([{ ...t, inheritable: CAP_NET_ADMIN, ambient: CAP_NET_ADMIN }], { ...want, ambient: CAP_NET_ADMIN })).toEqual([]);
+    expect(threadsNotAt([{ ...t, ambient: CAP_NET_ADMIN }], want)).toEqual(["thread 1: ambient net_admin (want net_admin)"]);
   });
 
   it("the start-up check asks for CAP_NET_ADMIN and says how to grant it", () => {
@@ -115,7 +140,7 @@ const threads = () => fs.readdirSync("/proc/self/task").map((tid) => {
 });
 setTimeout(() => {
   const before = threads();
-  const report = native.dropCapabilities(1n << 12n, 2000);
+  const report = native.dropCapabilities(1n << 12n, 2000, process.argv[2] === undefined ? undefined : BigInt(process.argv[2]));
   // A thread started after the drop inherits the creator's (reduced) sets.
   const late = new Worker("setInterval(() => {}, 1000)", { eval: true });
   late.once("online", () => {
@@ -146,5 +171,13 @@ describe("dropCapabilities on every thread", () => {
       expect(t, `thread ${t.tid}`).toMatchObject({ eff: "0000000000001000", prm: "0000000000001000", bnd: "0000000000001000", inh: "0000000000000000", amb: "0000000000000000", nnp: "1" });
     }
     expect(out.setgid).toBe("ok");
+  }, 40_000);
+
+  it("with an ambient set (what a non-root daemon's exec'd programs need), every thread holds it inheritable and ambient too", async () => {
+    const { stdout } = await execFileP(process.execPath, ["-e", CHILD, ADDON, String(CAP_NET_ADMIN | CAP_SYS_ADMIN)], { timeout: 30_000 });
+    const out = JSON.parse(stdout) as { report: { ok: boolean; kept: string }; after: { tid: number; eff: string; inh: string; amb: string; nnp: string }[] };
+    expect(out.report).toMatchObject({ ok: true, kept: String(CAP_NET_ADMIN) });
+    // Only what is kept can be ambient: sys_admin was asked for but not kept.
+    for (const t of out.after) expect(t, `thread ${t.tid}`).toMatchObject({ eff: "0000000000001000", inh: "0000000000001000", amb: "0000000000001000", nnp: "1" });
   }, 40_000);
 });

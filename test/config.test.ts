@@ -189,6 +189,47 @@ describe("config sources: flag > env > file > default", () => {
   });
 });
 
+describe("egress and forwarding rules: --ip-masq, --forward-accept, --iptables-backend", () => {
+  const base = ["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--key-file", "/tmp/k"];
+  const parse = (argv: string[], env: NodeJS.ProcessEnv = {}, yaml?: string): ReturnType<typeof parseDaemonConfig> => {
+    let layer: FileLayer | undefined;
+    if (yaml !== undefined) {
+      const r = parseConfigFile("/etc/vxmesh/vxmesh.yaml", yaml, daemonFlags);
+      if (!r.ok) throw new Error(r.error);
+      layer = r.value;
+    }
+    return parseDaemonConfig([...base, ...argv], env, layer);
+  };
+  const ok = (argv: string[], env: NodeJS.ProcessEnv = {}, yaml?: string): DaemonConfig => {
+    const r = parse(argv, env, yaml);
+    if (!r.ok) throw new Error(r.error);
+    return r.value;
+  };
+
+  it("both on, the back end auto, by default", () => {
+    expect(ok([])).toMatchObject({ ipMasq: true, forwardAccept: true, iptablesBackend: "auto" });
+  });
+
+  it("each from a flag, the environment or the file, like every flag", () => {
+    expect(ok(["--ip-masq=false"])).toMatchObject({ ipMasq: false, forwardAccept: true });
+    expect(ok(["--forward-accept=false", "--iptables-backend", "legacy"])).toMatchObject({ ipMasq: true, forwardAccept: false, iptablesBackend: "legacy" });
+    expect(ok([], { VXMESH_IP_MASQ: "false", VXMESH_IPTABLES_BACKEND: "nft" })).toMatchObject({ ipMasq: false, iptablesBackend: "nft" });
+    expect(ok([], {}, "ip-masq: false\nforwardAccept: false\niptables-backend: legacy")).toMatchObject({ ipMasq: false, forwardAccept: false, iptablesBackend: "legacy" });
+    expect(ok(["--ip-masq=true"], { VXMESH_IP_MASQ: "false" }, "ip-masq: false").ipMasq).toBe(true);
+  });
+
+  it("a bad value names the setting and what is valid", () => {
+    const error = (argv: string[], env: NodeJS.ProcessEnv = {}, yaml?: string): string => {
+      const r = parse(argv, env, yaml);
+      return r.ok ? "" : r.error;
+    };
+    expect(error(["--ip-masq=maybe"])).toBe('--ip-masq "maybe" is not valid: expected true or false');
+    expect(error([], { VXMESH_FORWARD_ACCEPT: "sometimes" })).toBe('VXMESH_FORWARD_ACCEPT "sometimes" is not valid: expected true or false');
+    expect(error([], {}, "iptables-backend: nftables")).toBe(
+      'iptables-backend "nftables" in /etc/vxmesh/vxmesh.yaml:1 is not valid: expected auto (the back end the node\'s rules are in, as kube-proxy\'s iptables-wrapper decides), nft or legacy');
+  });
+});
+
 describe("service CIDRs", () => {
   const gossipBase = ["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--key-file", "/tmp/k"];
   const err = (argv: string[], env: NodeJS.ProcessEnv = {}): string => {

@@ -75,7 +75,7 @@ describe("vxmesh doctor in a healthy lab node", () => {
     const before = await snapshot();
     const r = await doctor(["--service-cidr", "10.96.0.0/12"]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    const ids = ["config", "tun", "cap-net-admin", "ip-forward", "bridge-netfilter", "underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "key-file"];
+    const ids = ["config", "tun", "cap-net-admin", "ip-forward", "bridge-netfilter", "underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "forward-policy", "key-file"];
     expect([...r.lines.keys()]).toEqual(ids);
     for (const id of ids) expect(r.lines.get(id), id).toMatch(/^ok /);
     expect(r.lines.get("underlay-mtu")).toBe(`ok eth0 (holding ${n1.underlayIp}) has MTU 1500: overlay MTU 1450 (underlay − 50) fits`);
@@ -208,6 +208,19 @@ describe("vxmesh doctor: each problem fails its own line with exit 1", () => {
       await cluster.stopAll();
       await sysctl("net.ipv4.ip_forward=1");
       await sysctl("net.bridge.bridge-nf-call-iptables=1");
+    }
+  });
+
+  it("a FORWARD policy of DROP passes with --forward-accept (the default) and fails without it", async () => {
+    await execOk(n1, ["iptables-nft", "-P", "FORWARD", "DROP"]);
+    try {
+      const on = await doctor();
+      expect(on.lines.get("forward-policy")).toMatch(/^ok FORWARD policy DROP \(iptables-nft, .*\): vxmesh's chain VXMESH-FORWARD accepts the cluster's pod traffic/);
+      const off = await doctor(["--forward-accept=false"]);
+      expect(off.code).toBe(1);
+      expect(off.lines.get("forward-policy")).toMatch(/^FAIL FORWARD policy DROP \(iptables-nft, .*\) and --forward-accept=false: pod traffic between nodes and to services is dropped/);
+    } finally {
+      await execOk(n1, ["iptables-nft", "-P", "FORWARD", "ACCEPT"]);
     }
   });
 

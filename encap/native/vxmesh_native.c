@@ -1146,7 +1146,8 @@ struct raw_sigaction {
 enum cap_step { CAP_STEP_OK = 0, CAP_STEP_BOUNDING, CAP_STEP_AMBIENT, CAP_STEP_CAPSET, CAP_STEP_NNP };
 
 struct cap_plan {
-  uint64_t keep;       // the effective and permitted sets; inheritable and ambient become empty
+  uint64_t keep;       // the effective and permitted sets
+  uint64_t ambient;    // the inheritable and ambient sets (a subset of keep; usually empty)
   bool drop_bounding;  // needs CAP_SETPCAP, so it comes first
   int last_cap;
   int token;
@@ -1195,9 +1196,21 @@ static int cap_drop_this_thread(const struct cap_plan *p, int *step) {
   memset(data, 0, sizeof data);
   data[0].effective = data[0].permitted = (uint32_t)p->keep;
   data[1].effective = data[1].permitted = (uint32_t)(p->keep >> 32);
+  data[0].inheritable = (uint32_t)p->ambient;
+  data[1].inheritable = (uint32_t)(p->ambient >> 32);
   if (syscall(SYS_capset, &hdr, data) < 0) {
     *step = CAP_STEP_CAPSET;
     return errno;
+  }
+  // Ambient capabilities pass through execve to a program without file capabilities when the
+  // process is not root: how a helper it runs (iptables-restore) gets them. Each must be both
+  // permitted and inheritable, as set just above.
+  for (int cap = 0; cap <= p->last_cap; cap++) {
+    if ((p->ambient & (1ULL << cap)) == 0) continue;
+    if (syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0) {
+      *step = CAP_STEP_AMBIENT;
+      return errno;
+    }
   }
   if (syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
     *step = CAP_STEP_NNP;
@@ -1428,16 +1441,16 @@ static bool set_bool(napi_env env, napi_value obj, const char *key, bool v) {
 }
 
 /**
- * dropCapabilities(keep: bigint, deadlineMs) -> report
+ * dropCapabilities(keep: bigint, deadlineMs, ambient?: bigint) -> report
  *
  * On every thread of the process: bounding set reduced to `keep` (when CAP_SETPCAP allows),
- * ambient and inheritable sets emptied, effective and permitted set to `keep` ∩ permitted,
- * no_new_privs set. Never throws for a failed drop: the report says what happened
+ * effective and permitted set to `keep` ∩ permitted, inheritable and ambient set to
+ * `ambient` ∩ that (empty by default), no_new_privs set. Never throws for a failed drop: the report says what happened
  * ({ok, error?, kept, bounding, boundingReduced, threads, failed: [{tid, step, code}], silent: [tid]}).
  */
 static napi_value drop_capabilities(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
-  if (!get_args(env, info, 2, argv)) return NULL;
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
   uint64_t keep;
   bool lossless;
   if (napi_get_value_bigint_uint64(env, argv[0], &keep, &lossless) != napi_ok || !lossless) {
@@ -1446,6 +1459,14 @@ static napi_value drop_capabilities(napi_env env, napi_callback_info info) {
   }
   int64_t deadline_ms;
   if (!arg_int(env, argv[1], "deadlineMs", 1, 600000, &deadline_ms)) return NULL;
+  uint64_t ambient = 0;
+  napi_valuetype ambient_type;
+  NAPI_CHECK(env, napi_typeof(env, argv[2], &ambient_type));
+  if (ambient_type != napi_undefined &&
+      (napi_get_value_bigint_uint64(env, argv[2], &ambient, &lossless) != napi_ok || !lossless)) {
+    throw_arg(env, ARG_TYPE, "ambient must be a bigint from 0 to 2^64-1");
+    return NULL;
+  }
 
   napi_value report, failed_arr, silent_arr;
   NAPI_CHECK(env, napi_create_object(env, &report));
@@ -1460,6 +1481,7 @@ static napi_value drop_capabilities(napi_env env, napi_callback_info info) {
   int last = cap_last_cap();
   uint64_t before_bounding = cap_bounding(last);
   cap_plan.keep = keep & permitted;
+  cap_plan.ambient = ambient & cap_plan.keep;
   cap_plan.last_cap = last;
   // CAP_SETPCAP (8) is needed to shrink the bounding set; without it, the set stays as it was
   // given (a launcher's job: systemd CapabilityBoundingSet=, Kubernetes drop: [ALL]).
