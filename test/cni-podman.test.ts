@@ -292,7 +292,7 @@ describe("podman drives vxmesh-cni on two daemon nodes", () => {
     expect(again.code, again.stdout + again.stderr).toBe(0);
   }, 120_000);
 
-  it("a hostPort on node 1 is reached from node 2 at node 1's underlay address (portmap chained by install-cni)", async () => {
+  it("a hostPort on node 1 is reached from node 2 and from a container on node 2 at node 1's underlay address (portmap chained by install-cni)", async () => {
     const plugins = (node(0).conflist["plugins"] as { type: string; capabilities?: Record<string, boolean> }[]).map((p) => p.type);
     expect(plugins, "install-cni chains portmap when it is in --bin-dir").toContain("portmap");
     const n1 = node(0);
@@ -308,6 +308,17 @@ describe("podman drives vxmesh-cni on two daemon nodes", () => {
       return r.code === 0 ? r.stdout : undefined;
     }, { timeoutMs: 20_000, intervalMs: 200, what: `${url} from node 2` });
     expect(body.trim()).toBe(token);
+    // And from a container on node 2: its request leaves node 2 masqueraded (--ip-masq, node 1's
+    // underlay address is outside the cluster), so node 1's answer comes back on the underlay,
+    // not over the overlay with a source node 2 would drop as spoofed.
+    const client = long.find((x) => x.n === 1);
+    if (client === undefined) throw new Error("no container on node 2");
+    const request = `printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc ${n1.lab.underlayIp} ${HOST_PORT}`;
+    const fromPod = await waitFor(async () => {
+      const r = await node(1).podman.exec(client.c.id, ["sh", "-c", request], { timeoutMs: 10_000 });
+      return r.code === 0 && r.stdout.includes(token) ? r.stdout : undefined;
+    }, { timeoutMs: 20_000, intervalMs: 200, what: `${url} from a container on node 2` });
+    expect(fromPod).toContain(token);
     await n1.podman.podmanOk(["rm", "-f", "-t", "0", web.id]);
     expect(existsSync(join(addressDir(n1), vxmeshIp(web)))).toBe(false);
   }, 60_000);

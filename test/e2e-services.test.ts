@@ -305,4 +305,38 @@ describe("kube-proxy iptables-mode services across the overlay", () => {
       expect(grown, `forwarder drops on ${name}`).toEqual([]);
     }
   });
+
+  it("daemons killed and started again after kube-proxy, under a FORWARD policy of DROP: kube-proxy's rules untouched, its marks still work, the same sources seen", async () => {
+    const l = lab as Lab;
+    const c = cluster as Cluster;
+    for (const n of l.nodes) await execOk(n.namespace, ["iptables", "-P", "FORWARD", "DROP"]);
+    const kubeRules = async (ns: string): Promise<string[]> => (await ruleLines(ns)).filter((r) => /KUBE-/.test(r) && !/VXMESH/.test(r));
+    const kubeBefore = new Map(await Promise.all(l.nodes.map(async (n) => [n.name, await kubeRules(n.namespace)] as const)));
+    for (const n of l.nodes) {
+      await c.daemon(n.name).kill("SIGKILL");
+      await c.restart(n);
+    }
+    for (const n of l.nodes) {
+      expect(await kubeRules(n.namespace), `kube-proxy's rules on ${n.name}`).toEqual(kubeBefore.get(n.name));
+      const forward = (await execOk(n.namespace, ["iptables", "-S", "FORWARD"])).stdout.split("\n").filter((r) => r.startsWith("-A FORWARD"));
+      if (!(process.env["VXMESH_SERVICES_DAEMON_ARGS"] ?? "").includes("--forward-accept=false")) {
+        // The restarted daemon found its jump (behind kube-proxy's, which came later) and kept it,
+        // once, with no DROP or REJECT of FORWARD's own before it.
+        const ours = forward.findIndex((r) => r.endsWith("-j VXMESH-FORWARD"));
+        expect(ours, `our jump in FORWARD on ${n.name}`).toBeGreaterThanOrEqual(0);
+        expect(forward.filter((r) => r.endsWith("-j VXMESH-FORWARD"))).toHaveLength(1);
+        expect(forward.slice(0, ours).filter((r) => /-j (DROP|REJECT)/.test(r)), `FORWARD on ${n.name}`).toEqual([]);
+      }
+    }
+    // Marked by kube-proxy before our chain sees it, masqueraded by KUBE-POSTROUTING: as before the restart.
+    const c1 = pod("c1");
+    await waitFor(async () => (await connectPeerEcho(l, c1.ns, "10.96.0.20", 80, { count: 4 })).every((a) => a.ok),
+      { timeoutMs: 20_000, intervalMs: 200, what: "pod → ClusterIP across nodes after the restart" });
+    const viaPod = answers(await connectPeerEcho(l, c1.ns, "10.96.0.20", 80, { count: 20 }), "c1 → api after restart");
+    expectSources(viaPod, { b2: c1.ip, b3: c1.ip }, { path: "(b) after restart", client: `c1 ${c1.ip} (n1)`, destination: "10.96.0.20:80 (api)" });
+    const nodePort = answers(await connectPeerEcho(l, outsideNs, n1.underlayIp, 30080, { count: 20, localAddress: OUTSIDE_CLIENT }), "outside → NodePort after restart");
+    expectSources(nodePort, { b2: n1.subnetNetwork, b3: n1.subnetNetwork }, { path: "(c) after restart", client: `outside ${OUTSIDE_CLIENT}`, destination: `${n1.underlayIp}:30080 (api)` });
+    const host = answers(await connectPeerEcho(l, n1.namespace, "10.96.0.20", 80, { count: 20 }), "n1 host → api after restart");
+    expectSources(host, { b2: n1.subnetNetwork, b3: n1.subnetNetwork }, { path: "(d) after restart", client: "n1 host", destination: "10.96.0.20:80 (api)" });
+  });
 });
