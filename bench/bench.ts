@@ -38,6 +38,7 @@ import {
   formatNumber,
   formatRatio,
   percentile,
+  DATA_PATH_FLAGS,
   POLL_PATH_FLAGS,
   renderJson,
   renderMarkdown,
@@ -528,7 +529,7 @@ async function setupPath(name: PathName, opts: SuiteOptions, log: (l: string) =>
     if (name === "vxmesh" || name === "vxmesh-poll") {
       const c = new Cluster(lab);
       cluster = c;
-      await c.startAll({ extraArgs: [...(name === "vxmesh-poll" ? POLL_PATH_FLAGS : []), ...(opts.daemonArgs ?? [])] });
+      await c.startAll({ extraArgs: [...DATA_PATH_FLAGS, ...(name === "vxmesh-poll" ? POLL_PATH_FLAGS : []), ...(opts.daemonArgs ?? [])] });
       stopPath = () => c.stopAll();
       pids = () => [...c.daemons.values()].map((d) => d.child.pid).filter((p): p is number => p !== undefined);
       health = () => {
@@ -936,7 +937,7 @@ export async function runSuite(opts: SuiteOptions): Promise<BenchResults> {
       scenarios: [...opts.scenarios],
       seconds: opts.seconds,
       repeat: opts.repeat,
-      daemonArgs: [...(opts.daemonArgs ?? [])],
+      daemonArgs: [...DATA_PATH_FLAGS, ...(opts.daemonArgs ?? [])],
       udpGenerator: "",
       rttMethod: "",
       rttSamples: opts.rttSamples ?? 2000,

@@ -11,6 +11,12 @@ export type PathName = (typeof PATH_NAMES)[number];
 
 /** The flags that make the vxmesh-poll path: vxmesh tuned for latency by busy-polling for 2 ms. */
 export const POLL_PATH_FLAGS: readonly string[] = ["--busy-poll", "2000"];
+/**
+ * Flags every vxmesh path starts with (--daemon-args come after and win): the kernel path runs no
+ * iptables rules, so neither do the daemons; with --ip-masq's MASQUERADE in place conntrack
+ * tracks every packet of the node, which costs the userspace path about a fifth (BENCHMARKS.md).
+ */
+export const DATA_PATH_FLAGS: readonly string[] = ["--ip-masq=false", "--forward-accept=false"];
 
 export const SCENARIO_NAMES = ["tcp1", "tcp4", "udp64", "udp1400", "rtt"] as const;
 export type ScenarioName = (typeof SCENARIO_NAMES)[number];
