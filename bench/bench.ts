@@ -1,4 +1,4 @@
-// The bench suite (DESIGN §7, issue 5): for each data path — the kernel's VXLAN device (the
+// The bench suite (docs/DESIGN.md §7, issue 5): for each data path — the kernel's VXLAN device (the
 // baseline), vxmesh daemons, and fastd's null method when installed — build the same two-node
 // lab (one pod per node), run the same load pod → pod, and report medians of repetitions with
 // ratios to the kernel. `vxmesh bench` (daemon/bench-command.ts) is the command-line face.

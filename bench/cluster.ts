@@ -7,6 +7,7 @@ import type { ChildProcess } from "node:child_process";
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { generateKey } from "../control/keyring";
+import { distPath } from "../encap/artefacts";
 import { queryControl } from "../daemon/control-socket";
 import type { DaemonStatus } from "../daemon/daemon";
 import { waitFor, type Lab, type LabNode } from "./lab";
@@ -32,18 +33,8 @@ export interface DaemonOptions {
   dirOwner?: { uid: number; gid: number };
 }
 
-/** The repository root, from either the sources (tests) or dist/ (CLI). */
-export function packageRoot(): string {
-  let dir = __dirname;
-  for (let i = 0; i < 4; i++) {
-    if (existsSync(join(dir, "package.json")) && existsSync(join(dir, "binding.gyp"))) return dir;
-    dir = dirname(dir);
-  }
-  throw new Error(`cannot find the vxmesh package root above ${__dirname}`);
-}
-
 export function cliPath(): string {
-  const cli = join(packageRoot(), "dist", "daemon", "cli.js");
+  const cli = distPath("daemon", "cli.js");
   if (!existsSync(cli)) throw new Error(`${cli} is missing: run \`npm run build\``);
   return cli;
 }

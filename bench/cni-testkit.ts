@@ -10,8 +10,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { controlSocketPath } from "../daemon/control-socket";
-import { shimBinaryPath } from "../cni/paths";
-import { packageRoot } from "./cluster";
+import { distPath, shimBinaryPath } from "../encap/artefacts";
 
 /** What this kit needs of bench/lab.ts's Lab. */
 export interface LabLike {
@@ -181,7 +180,7 @@ export class CniNode {
 
   async start(): Promise<void> {
     if (this.running || this.opts.external !== undefined) return;
-    const argv = [process.execPath, join(packageRoot(), "dist", "bench", "cni-harness.js"),
+    const argv = [process.execPath, distPath("bench", "cni-harness.js"),
       "--run-dir", this.runDir, "--state-dir", this.stateDir, "--subnet", this.opts.subnet,
       "--mtu", String(this.opts.mtu ?? 1450), "--bridge", this.opts.bridge ?? "vxmesh-br"];
     const child = this.lab.spawn(this.namespace, argv, { env: { ...process.env, VXMESH_LOG_LEVEL: process.env["VXMESH_LOG_LEVEL"] ?? "warn" } });

@@ -1,7 +1,7 @@
 // fastd (https://fastd.readthedocs.io) as a userspace tunnel peer for the bench: one fastd per
 // lab node, in TAP mode with the `null` method (no encryption, no authentication of payload;
 // the handshake still needs a key pair), over the lab's underlay. The node's pod traffic is
-// routed through fastd's TAP exactly as DESIGN §1 routes it through vxmesh's:
+// routed through fastd's TAP exactly as docs/DESIGN.md §1 routes it through vxmesh's:
 //
 //   fastd0 (MAC = the node's VTEP MAC, <subnet network>/32, MTU = underlay − 50)
 //   <peer subnet> via <peer subnet network> dev fastd0 onlink

@@ -1,4 +1,4 @@
-// The network-namespace lab shared by the tests, the demo and the bench (DESIGN §7).
+// The network-namespace lab shared by the tests, the demo and the bench (docs/DESIGN.md §7).
 //
 // Topology, all inside namespaces this module creates (nothing is created in or changed in the
 // root network namespace):
@@ -6,7 +6,7 @@
 //   <prefix>ul     underlay: bridge br0; one veth port per node (vn<i>)
 //   <prefix>n<i>   node i: eth0 (192.0.2.(10+i)/24, peer enslaved to br0), ip_forward=1,
 //                  bridge vxmesh-br (gateway 10.244.i.1/24, MTU = underlay − 50), and for a
-//                  "kernel" node the kernel's VXLAN device vxmesh0 programmed as DESIGN §1 draws
+//                  "kernel" node the kernel's VXLAN device vxmesh0 programmed as docs/DESIGN.md §1 draws
 //                  it for the TAP; a "vxmesh" node is left for a daemon under test to program.
 //   <prefix>n<i>p<k>  pod k of node i: eth0 (10.244.i.(1+k)/24, default route via the gateway),
 //                  host end vp<k> in the node namespace, enslaved to vxmesh-br with hairpin on.

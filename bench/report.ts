@@ -1,4 +1,4 @@
-// Bench results and their three renderings (DESIGN §7): JSON, a Markdown table with a
+// Bench results and their three renderings (docs/DESIGN.md §7): JSON, a Markdown table with a
 // ratio-to-kernel column per path, and a self-contained SVG bar chart of those ratios.
 // Everything here is a pure function of its arguments (no I/O, no clock), so the tests can
 // pin the shapes down; bench/bench.ts measures and writes the files.

@@ -25,7 +25,8 @@ import { cpus, loadavg, release } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
 import { parseVmRssKb } from "./bench";
-import { Cluster, packageRoot, type DaemonOptions, type DaemonProcess } from "./cluster";
+import { distPath, packageRoot } from "../encap/artefacts";
+import { Cluster, type DaemonOptions, type DaemonProcess } from "./cluster";
 import { Lab, type LabNode, type LabPod } from "./lab";
 import { SOAK_DEFAULTS, SOAK_USAGE, parseSoakArgs } from "./soak-options";
 import { nowMs, type PodStats, type SoakPodConfig } from "./soak-pod";
@@ -348,7 +349,7 @@ class SoakRun {
       client: { host: next.ip, port: STREAM_PORT, streamId: i, key: streamKey(o.seed, i), rateBytesPerS: o.streamRateBytesPerS, stallMs: o.stallMs },
       statsMs: POD_STATS_MS,
     };
-    const script = join(packageRoot(), "dist", "bench", "soak-pod.js");
+    const script = distPath("bench", "soak-pod.js");
     if (!existsSync(script)) throw new Error(`${script} is missing: run \`npm run build\``);
     const child = lab.spawn(pod, [process.execPath, script, JSON.stringify(cfg)], { stdio: ["pipe", "pipe", "pipe"] });
     const p: PodProc = { pod, index: i, child, ready: false, last: undefined, drained: undefined, final: undefined, exited: exitedPromise(child) };

@@ -22,9 +22,11 @@ import { closeSync, existsSync, openSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { formatIpv4, formatSubnet, parseIpv4, subnetAddress, vtepMacFor, writeMac, type Ipv4, type MacAddr, type Subnet } from "../encap/types";
+import { formatIpv4, formatMac, formatSubnet, parseIpv4, subnetAddress, vtepMacFor, type Ipv4, type MacAddr, type Subnet } from "../encap/types";
+import { NetlinkError, RTPROT_BOOT, RT_TABLE_MAIN, Rtnl, errnoCode, type LinkInfo } from "../control/netlink";
+import { KeyedSerial, Serial } from "../control/serial";
+import type { CniRequest, CniResponse, LogSink, QueuedDelSummary } from "./protocol";
 import { listQueuedDels, queuedDelPath, readQueuedDel, removeQueued } from "./queue";
-import { NetlinkError, Rtnl, errnoCode, RT_TABLE_MAIN, type LinkInfo } from "./rtnl";
 import {
   CniError,
   ErrorCode,
@@ -42,34 +44,6 @@ import {
 } from "./spec";
 import { AddressStore, attachmentKey, poolRange, type Reservation } from "./store";
 
-export interface CniRequest {
-  op: "cni";
-  /** The CNI_* variables (and CNI_ARGS) the runtime set for the shim. */
-  env: Record<string, string>;
-  /** The network configuration the runtime wrote to the shim's stdin. */
-  stdin: string;
-}
-
-export interface CniResponse {
-  /** 0 on success; non-zero with a spec error object on stdout otherwise. */
-  exitCode: number;
-  /** What the shim prints to stdout: a result or a {cniVersion, code, msg, details} error. */
-  stdout: string;
-}
-
-export interface QueuedDelSummary {
-  completed: number;
-  failed: number;
-}
-
-/** The few logger methods the core uses (pino's, or the worker's bridge to them). */
-export interface LogSink {
-  debug(obj: object, msg: string): void;
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-}
-
 export interface CoreOptions {
   mtu: number;
   bridge: string;
@@ -78,7 +52,7 @@ export interface CoreOptions {
 }
 
 /** Subdirectory of the state dir holding one file per reserved address. */
-export const ADDRESS_SUBDIR = join("cni", "addresses");
+const ADDRESS_SUBDIR = join("cni", "addresses");
 const ALIAS_PREFIX = "vxmesh-cni ";
 const IFALIASZ = 256;
 
@@ -99,15 +73,9 @@ function parseAlias(alias: string | undefined): { network: string; containerID: 
   return { network, containerID, ifname };
 }
 
-function macBytes(mac: MacAddr): Buffer {
-  const b = Buffer.alloc(6);
-  writeMac(b, 0, mac);
-  return b;
-}
-
 /** The bridge MAC: fixed per subnet, so the gateway's MAC does not follow ports coming and going. */
-function bridgeMac(subnet: Subnet): Buffer {
-  return macBytes(vtepMacFor(`vxmesh-bridge:${formatSubnet(subnet)}`));
+function bridgeMac(subnet: Subnet): MacAddr {
+  return vtepMacFor(`vxmesh-bridge:${formatSubnet(subnet)}`);
 }
 
 /** A requested address must be one the node may give a pod: in the pool of its subnet. */
@@ -193,8 +161,9 @@ export class CniCore {
   private readonly deleter: LinkDeleter;
   private readonly store: AddressStore;
   private readonly log: LogSink;
-  private readonly locks = new Map<string, Promise<unknown>>();
-  private bridgeChain: Promise<unknown> = Promise.resolve();
+  /** Calls for one attachment run one at a time (keyed by attachmentKey). */
+  private readonly attachments = new KeyedSerial();
+  private readonly bridgeQueue = new Serial();
   /** "<ifindex> <subnet>" of the bridge last given its gateway address and set up. */
   private bridgeReady: string | undefined;
   private readonly inflight = new Set<Promise<unknown>>();
@@ -256,23 +225,11 @@ export class CniCore {
    * same attachment: the runtime ordered that DEL before this call.
    */
   private async withAttachment<T>(env: CniEnv, fn: () => Promise<T>): Promise<T> {
-    return this.locked(attachmentKey(env.containerID, env.ifname), async () => {
+    return this.attachments.run(attachmentKey(env.containerID, env.ifname), async () => {
       const queued = queuedDelPath(this.opts.stateDir, env.containerID, env.ifname);
       if (existsSync(queued)) await this.runQueued(queued);
       return fn();
     });
-  }
-
-  private async locked<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(key) ?? Promise.resolve();
-    const run = prev.then(fn, fn);
-    const tail = run.catch(() => undefined);
-    this.locks.set(key, tail);
-    try {
-      return await run;
-    } finally {
-      if (this.locks.get(key) === tail) this.locks.delete(key);
-    }
   }
 
   // -- ADD -------------------------------------------------------------------------------------
@@ -344,7 +301,7 @@ export class CniCore {
     const bridge = await this.ensureBridge(subnet);
     const nsFd = openSync(env.netns, "r");
     try {
-      await this.host.createVeth(hostName, env.ifname, nsFd, mtu, mac === undefined ? undefined : macBytes(mac));
+      await this.host.createVeth(hostName, env.ifname, nsFd, mtu, mac);
     } finally {
       closeSync(nsFd);
     }
@@ -361,7 +318,8 @@ export class CniCore {
     await pod.setUp(podLink.index, `setting ${env.ifname} up in ${env.netns}`);
     let defaultRoute = true;
     try {
-      await pod.addRoute(0, 0, gateway, podLink.index, `adding default route via ${formatIpv4(gateway)} dev ${env.ifname} in ${env.netns}`);
+      await pod.addRoute({ dst: 0, dstLen: 0, gateway, oif: podLink.index, protocol: RTPROT_BOOT },
+        `adding default route via ${formatIpv4(gateway)} dev ${env.ifname} in ${env.netns}`);
     } catch (e) {
       if (errnoCode(e) !== "EEXIST") throw e;
       // Another network attached first gave the pod its default route: that one stays (as the
@@ -373,9 +331,9 @@ export class CniCore {
 
     return {
       interfaces: [
-        { name: bridge.name, ...(bridge.mac === undefined ? {} : { mac: bridge.mac }), ...(bridge.mtu === undefined ? {} : { mtu: bridge.mtu }) },
-        { name: hostName, ...(hostLink.mac === undefined ? {} : { mac: hostLink.mac }), mtu },
-        { name: env.ifname, ...(podLink.mac === undefined ? {} : { mac: podLink.mac }), mtu, sandbox: env.netns },
+        { name: bridge.name, ...(bridge.mac === undefined ? {} : { mac: formatMac(bridge.mac) }), ...(bridge.mtu === undefined ? {} : { mtu: bridge.mtu }) },
+        { name: hostName, ...(hostLink.mac === undefined ? {} : { mac: formatMac(hostLink.mac) }), mtu },
+        { name: env.ifname, ...(podLink.mac === undefined ? {} : { mac: formatMac(podLink.mac) }), mtu, sandbox: env.netns },
       ],
       ips: [{ address: cidr, gateway: formatIpv4(gateway), interface: 2 }],
       routes: defaultRoute ? [{ dst: "0.0.0.0/0", gw: formatIpv4(gateway) }] : [],
@@ -408,9 +366,7 @@ export class CniCore {
       }
       return link;
     };
-    const p = this.bridgeChain.then(run, run);
-    this.bridgeChain = p.catch(() => undefined);
-    return p;
+    return this.bridgeQueue.run(run);
   }
 
   /** Deletes the host veth `name` if it exists and belongs to the attachment. */
@@ -471,7 +427,7 @@ export class CniCore {
       const link = await pod.link(env.ifname);
       if (link === undefined) fail(`interface ${env.ifname} is missing in ${env.netns}`);
       const l = link as LinkInfo;
-      if (want.mac !== undefined && l.mac !== undefined && want.mac.toLowerCase() !== l.mac) fail(`${env.ifname} has MAC ${l.mac}, prevResult says ${want.mac}`);
+      if (want.mac !== undefined && l.mac !== undefined && want.mac.toLowerCase() !== formatMac(l.mac)) fail(`${env.ifname} has MAC ${formatMac(l.mac)}, prevResult says ${want.mac}`);
       if (want.mtu !== undefined && l.mtu !== want.mtu) fail(`${env.ifname} has MTU ${String(l.mtu)}, prevResult says ${want.mtu}`);
       if (!l.up) fail(`${env.ifname} is down in ${env.netns}`);
       const have = (await pod.addresses()).filter((a) => a.index === l.index);
@@ -508,7 +464,7 @@ export class CniCore {
     const valid = new Set(conf.validAttachments.map((a) => attachmentKey(a.containerID, a.ifname)));
     const validNames = new Set(conf.validAttachments.map((a) => hostVethName(a.containerID, a.ifname)));
     // An attachment with a call in progress (an ADD the runtime has not seen finish) is kept.
-    const busy = new Set(this.locks.keys());
+    const busy = new Set(this.attachments.busy());
     const busyNames = new Set([...busy].map((k) => {
       const slash = k.indexOf("/");
       return hostVethName(k.slice(0, slash), k.slice(slash + 1));
@@ -594,7 +550,7 @@ export class CniCore {
       const q = readQueuedDel(file);
       const env = q?.request?.env;
       const key = env === undefined ? `queued:${file}` : attachmentKey(env["CNI_CONTAINERID"] ?? "", env["CNI_IFNAME"] ?? "");
-      const done = await this.locked(key, () => this.runQueued(file));
+      const done = await this.attachments.run(key, () => this.runQueued(file));
       if (done) completed++;
       else failed++;
     }));

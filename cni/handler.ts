@@ -7,17 +7,14 @@
 // the daemon's event loop carries the gossip timers. The worker is restarted if it dies; its
 // state is on disk (the address store, the DEL queue) and in the kernel.
 
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { Worker } from "node:worker_threads";
+import { workerScript } from "../encap/artefacts";
 import type { Subnet } from "../encap/types";
-import type { Logger } from "../daemon/log";
-import type { CniRequest, CniResponse, QueuedDelSummary } from "./core";
+import type { CniRequest, CniResponse, FromWorker, LogSink, QueuedDelSummary, ToWorker, WorkerData } from "./protocol";
 import { CniError, ErrorCode, errorVersion, formatError } from "./spec";
-import type { FromWorker, ToWorker, WorkerData } from "./worker";
 
-export type { CniRequest, CniResponse, QueuedDelSummary } from "./core";
-export { ADDRESS_SUBDIR, hostVethAlias, hostVethName } from "./core";
+/** How a pod's host veth is named and labelled, for tools and tests that look for it. */
+export { hostVethAlias, hostVethName } from "./core";
 
 export interface CniHandlerOptions {
   /**
@@ -32,7 +29,8 @@ export interface CniHandlerOptions {
   bridge: string;
   /** Where the address store and the DEL queue live (survives restarts). */
   stateDir: string;
-  log: Logger;
+  /** The daemon's logger (pino's has these methods); the worker's log records come out here. */
+  log: LogSink;
 }
 
 export interface CniHandler {
@@ -60,12 +58,6 @@ export function createCniHandler(options: CniHandlerOptions): CniHandler {
   return new ThreadedHandler(options);
 }
 
-function workerScript(): string {
-  const beside = path.join(__dirname, "worker.js");
-  if (fs.existsSync(beside)) return beside;
-  return path.join(__dirname, "..", "dist", "cni", "worker.js");
-}
-
 class ThreadedHandler implements CniHandler {
   private worker: Worker | undefined;
   private starting: Promise<Worker> | undefined;
@@ -87,7 +79,7 @@ class ThreadedHandler implements CniHandler {
     if (this.worker !== undefined) return Promise.resolve(this.worker);
     this.starting ??= new Promise<Worker>((resolve, reject) => {
       const data: WorkerData = { mtu: this.opts.mtu, bridge: this.opts.bridge, stateDir: this.opts.stateDir };
-      const w = new Worker(workerScript(), { workerData: data });
+      const w = new Worker(workerScript("cni", "worker"), { workerData: data });
       let ready = false;
       w.on("message", (m: FromWorker) => {
         switch (m.type) {
@@ -99,7 +91,7 @@ class ThreadedHandler implements CniHandler {
             break;
           case "failed":
             this.starting = undefined;
-            this.opts.log.error(`the CNI handler could not start: ${m.message}`);
+            this.opts.log.error({}, `the CNI handler could not start: ${m.message}`);
             reject(new Error(m.message));
             void w.terminate();
             break;

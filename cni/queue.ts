@@ -7,14 +7,14 @@
 
 import { readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
-import type { CniRequest } from "./handler";
+import type { CniRequest } from "./protocol";
 
-export const QUEUE_SUBDIR = join("cni", "del-queue");
+const QUEUE_SUBDIR = join("cni", "del-queue");
 const SUFFIX = ".json";
 /** A temporary file of the shim older than this was abandoned (the shim died mid-write). */
 const STALE_TMP_MS = 60_000;
 
-export function queueDir(stateDir: string): string {
+function queueDir(stateDir: string): string {
   return join(stateDir, QUEUE_SUBDIR);
 }
 

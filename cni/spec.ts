@@ -4,7 +4,7 @@
 
 import { formatIpv4, parseIpv4, parseMac, type Ipv4, type MacAddr } from "../encap/types";
 
-export const CURRENT_VERSION = "1.1.0";
+const CURRENT_VERSION = "1.1.0";
 export const SUPPORTED_VERSIONS: readonly string[] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /** Error codes: 0–99 are the spec's well-known ones, 100+ are ours (cni/README.md). */
@@ -62,7 +62,7 @@ export function validName(s: string): boolean {
 }
 
 /** The spec's interface-name rules (and the kernel's): 1–15 bytes, not . or .., no / : or whitespace. */
-export function ifnameProblem(s: string): string | undefined {
+function ifnameProblem(s: string): string | undefined {
   if (s.length === 0) return "is empty";
   if (Buffer.byteLength(s, "utf8") > 15) return "is longer than 15 bytes";
   if (s === "." || s === "..") return "is . or ..";

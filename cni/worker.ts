@@ -1,30 +1,13 @@
 // The CNI handler's thread (started by createCniHandler in cni/handler.ts): runs CniCore, so
 // that rtnetlink requests, which block the thread sending them, never stall the daemon's event
-// loop. Messages: {type:"request", id, request, subnet} → {type:"response", id, response};
-// {type:"queued", id} → {type:"response", id, response: QueuedDelSummary}; {type:"close"} →
-// {type:"closed"}; log records go up as {type:"log", level, obj, msg}.
+// loop. Messages (their types are in cni/protocol.ts): {type:"request", id, request, subnet} →
+// {type:"response", id, response}; {type:"queued", id} → {type:"response", id, response:
+// QueuedDelSummary}; {type:"close"} → {type:"closed"}; log records go up as
+// {type:"log", level, obj, msg}.
 
 import { parentPort, workerData } from "node:worker_threads";
-import type { Subnet } from "../encap/types";
-import { CniCore, type CniRequest, type LogSink } from "./core";
-
-export interface WorkerData {
-  mtu: number;
-  bridge: string;
-  stateDir: string;
-}
-
-export type ToWorker =
-  | { type: "request"; id: number; request: CniRequest; subnet: Subnet | null }
-  | { type: "queued"; id: number }
-  | { type: "close" };
-
-export type FromWorker =
-  | { type: "ready" }
-  | { type: "failed"; message: string }
-  | { type: "response"; id: number; response: unknown }
-  | { type: "log"; level: "debug" | "info" | "warn" | "error"; obj: object; msg: string }
-  | { type: "closed" };
+import { CniCore } from "./core";
+import type { FromWorker, LogSink, ToWorker, WorkerData } from "./protocol";
 
 /** Log fields as plain data (errors become {message, code, stack}). */
 function plain(obj: object): object {

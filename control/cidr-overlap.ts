@@ -3,7 +3,7 @@
 // `vxmesh doctor` read the kernel's routes (host-routes.ts) and ask these functions.
 
 import { formatIpv4, formatSubnet, subnetInside, subnetsOverlap, type Ipv4, type Subnet } from "../encap/types";
-import { VXMESH_RTPROT } from "./host-plumbing";
+import { RT_TABLE_MAIN, VXMESH_RTPROT } from "./netlink/constants";
 
 /** A CIDR with the words that name it in a message, e.g. "--cluster-cidr 10.244.0.0/16". */
 export interface LabelledCidr {
@@ -24,8 +24,6 @@ export interface HostRoute {
   /** rtm_type: 1 unicast, 6 blackhole, 7 unreachable, 8 prohibit, … */
   readonly type: number;
 }
-
-export const RT_TABLE_MAIN = 254;
 
 export interface Overlap<T> {
   readonly pod: LabelledCidr;

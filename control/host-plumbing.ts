@@ -1,6 +1,6 @@
-// Kernel state owned by the daemon, through rtnetlink (the `netlink` npm package; no `ip` here).
+// Kernel state owned by the daemon, through the netlink layer (control/netlink/; no `ip` here).
 //
-// What the daemon owns (DESIGN.md §1, §4 "Kernel state"):
+// What the daemon owns (docs/DESIGN.md §1, §4 "Kernel state"):
 // - its TAP device: MAC, MTU, admin state, and its IPv4 address <node subnet network>/32;
 // - one route per remote node in the main table,
 //     <peer subnet> via <peer subnet network> dev <tap> onlink proto 118
@@ -11,51 +11,20 @@
 // Pure core, thin shell: `diffPeers` computes what to change from desired and actual lists and
 // does no I/O; `HostPlumbing` dumps the kernel state, asks `diffPeers`, and applies the plan.
 // The rtnetlink socket works in the network namespace of the process that opened it.
-//
-// Notes on netlink@0.3.0 (what this file relies on):
-// - addresses and MACs are raw Buffers in attributes (4 bytes network order / 6 bytes);
-// - RTNH_F_ONLINK (4) has no name in `RouteFlags`; it goes through `flags.__unknown`;
-// - parsed enums come back as names when known ("UNICAST", "LINK") and as numbers otherwise
-//   (protocol 118 stays 118, but 4 becomes "STATIC"): routes are read through rtnl-values.ts;
-// - a rejected request surfaces as `Error("Request rejected: EEXIST")` without an errno, so
-//   requests go through the lower `NetlinkSocket.request` with `checkError: false` and the
-//   NLMSG_ERROR payload is decoded here into `code` and a strerror-style message.
 
-import { getSystemErrorMap, getSystemErrorName } from "node:util";
-import {
-  AttrStream,
-  FlagsNew,
-  createRtNetlink,
-  parseError,
-  rt,
-  type NetlinkMessage,
-  type RtNetlinkSocket,
-} from "netlink";
-import type { LinkAttrs } from "netlink/dist/rt/ifla";
 import {
   formatIpv4,
   formatMac,
   formatSubnet,
   prefixMask,
-  readMac,
-  writeMac,
   type Ipv4,
   type MacAddr,
   type Subnet,
 } from "../encap/types";
-import { AF_INET, bufIpv4, routeProtocol, routeTable, routeType } from "./rtnl-values";
+import { Rtnl, NetlinkError, RTN_UNICAST, RT_TABLE_MAIN, VXMESH_RTPROT, errnoCode, type LinkInfo } from "./netlink";
+import { Serial } from "./serial";
 
-/** vxmesh's route protocol number (rtm_protocol); `ip route show proto 118`. */
-export const VXMESH_RTPROT = 118;
-
-const RT_TABLE_MAIN = 254;
-const RTN_UNICAST = 1;
-const RT_SCOPE_UNIVERSE = 0;
-const RT_SCOPE_NOWHERE = 255;
-const RTNH_F_ONLINK = 4;
-const NUD_PERMANENT = 0x80;
-const NLMSG_ERROR = 2;
-const NLM_F_DUMP = 0x300;
+export { VXMESH_RTPROT } from "./netlink";
 
 // ---------------------------------------------------------------------------------------------
 // Public shapes
@@ -229,120 +198,100 @@ export function describeRoute(dst: Subnet, gateway: Ipv4 | null, ifname: string)
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-// strerror(3) texts for what rtnetlink answers here; libuv's texts are the fallback.
-const STRERROR: Record<string, string> = {
-  EPERM: "Operation not permitted",
-  ENOENT: "No such file or directory",
-  ESRCH: "No such process",
-  EIO: "Input/output error",
-  ENXIO: "No such device or address",
-  E2BIG: "Argument list too long",
-  ENOMEM: "Cannot allocate memory",
-  EACCES: "Permission denied",
-  EBUSY: "Device or resource busy",
-  EEXIST: "File exists",
-  ENODEV: "No such device",
-  EINVAL: "Invalid argument",
-  ENOSPC: "No space left on device",
-  ERANGE: "Numerical result out of range",
-  EMSGSIZE: "Message too long",
-  EPROTONOSUPPORT: "Protocol not supported",
-  EOPNOTSUPP: "Operation not supported",
-  EAFNOSUPPORT: "Address family not supported by protocol",
-  EADDRINUSE: "Address already in use",
-  EADDRNOTAVAIL: "Cannot assign requested address",
-  ENETDOWN: "Network is down",
-  ENETUNREACH: "Network is unreachable",
-  ENOBUFS: "No buffer space available",
-  EHOSTUNREACH: "No route to host",
-};
-
-class NetlinkError extends Error {
-  constructor(
-    readonly errno: number,
-    readonly code: string,
-  ) {
-    super(STRERROR[code] ?? getSystemErrorMap().get(errno)?.[1] ?? code);
-  }
-}
-
-function errnoError(errno: number): NetlinkError {
-  const neg = errno > 0 ? -errno : errno;
-  let code = `errno ${-neg}`;
-  try {
-    code = getSystemErrorName(neg);
-  } catch {
-    /* unknown errno: keep the number */
-  }
-  return new NetlinkError(neg, code);
-}
-
-function codeOf(e: unknown): string | undefined {
-  return e instanceof NetlinkError ? e.code : (e as { code?: unknown })?.code as string | undefined;
-}
-
-/** Wraps a failure into "<what>: <reason>", keeping the errno name as `code`. */
+/**
+ * Wraps a failure into "<what>: <reason>" (the strerror text for a refused request), keeping
+ * the errno name as `code`.
+ */
 function wrap(what: string, e: unknown): PlumbingError {
-  const reason = e instanceof Error ? e.message : String(e);
+  const reason = e instanceof NetlinkError ? e.reason : e instanceof Error ? e.message : String(e);
   const err: PlumbingError = new Error(`${what}: ${reason}`, { cause: e });
-  const code = codeOf(e);
+  const code = errnoCode(e);
   if (code !== undefined) err.code = code;
   return err;
 }
 
+/** Runs `op`, turning a failure into wrap(what, …). */
+async function wrapped<T>(what: string, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (e) {
+    throw wrap(what, e);
+  }
+}
+
 const GONE = new Set(["ENOENT", "ESRCH", "ENODEV", "EADDRNOTAVAIL", "ENXIO"]);
 
-// ---------------------------------------------------------------------------------------------
-// Buffers
-
-function ipv4Buf(ip: Ipv4 | number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(ip >>> 0, 0);
-  return b;
+function gone(e: unknown): boolean {
+  return GONE.has(errnoCode(e) ?? "");
 }
 
-function macBuf(mac: MacAddr): Buffer {
-  const b = Buffer.alloc(6);
-  writeMac(b, 0, mac);
-  return b;
+function combine(failures: Error[], summary: PlumbingSummary): PlumbingError {
+  const first = failures[0] as PlumbingError;
+  const err: PlumbingError =
+    failures.length === 1
+      ? new Error(first.message, { cause: first.cause })
+      : new Error(`${failures.length} kernel changes failed: ${failures.map((f) => f.message).join("; ")}`);
+  if (first.code !== undefined) err.code = first.code;
+  err.failures = failures;
+  err.summary = summary;
+  return err;
 }
 
-function bufMac(b: Buffer | undefined): MacAddr | null {
-  if (b === undefined || b.length !== 6) return null;
-  return readMac(b, 0);
+function emptySummary(): PlumbingSummary {
+  return { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0 };
 }
 
-function routeFlagBits(f: rt.RouteFlags | undefined): number {
-  return f === undefined ? 0 : rt.formatRouteFlags(f);
+/**
+ * The changes of one plan as they are made: each one is attempted, counted when it succeeds,
+ * and collected when it fails, so one failure does not stop the others.
+ */
+class PlanRun {
+  readonly summary = emptySummary();
+  readonly failures: Error[] = [];
+
+  /** With `toleratesGone`, a failure saying the thing is already gone is no failure. */
+  async attempt(what: string, op: () => Promise<void>, count: (s: PlumbingSummary) => void, toleratesGone = false): Promise<void> {
+    try {
+      await op();
+      count(this.summary);
+    } catch (e) {
+      if (toleratesGone && gone(e)) return;
+      this.failures.push(wrap(what, e));
+    }
+  }
+
+  /** The summary; throws the failures combined unless there are none (or, with `tolerateGone`, only gone ones). */
+  finish(tolerateGone: boolean): PlumbingSummary {
+    if (this.failures.length > 0 && !(tolerateGone && this.failures.every(gone))) throw combine(this.failures, this.summary);
+    return this.summary;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Shell
 
-type Formatter = (out: AttrStream) => void;
-
 export class HostPlumbing {
-  private chain: Promise<unknown> = Promise.resolve();
+  private readonly ops = new Serial();
   private closed = false;
 
-  private constructor(private readonly sock: RtNetlinkSocket) {}
+  private constructor(private readonly nl: Rtnl) {}
 
   /** Opens an rtnetlink socket in the calling process's network namespace. */
   static async open(): Promise<HostPlumbing> {
-    let sock: RtNetlinkSocket;
+    let nl: Rtnl;
     try {
-      sock = createRtNetlink();
+      nl = Rtnl.open();
     } catch (e) {
       throw wrap("opening rtnetlink socket", e);
     }
-    return new HostPlumbing(sock);
+    return new HostPlumbing(nl);
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.chain.catch(() => undefined);
-    this.sock.socket.close();
+    await this.ops.idle();
+    this.nl.close();
   }
 
   /**
@@ -392,56 +341,32 @@ export class HostPlumbing {
   /** A device's name and MTU by index. */
   linkByIndex(index: number): Promise<{ ifname: string; mtu: number | undefined }> {
     return this.serial(async () => {
-      let msgs: rt.Message[];
-      try {
-        msgs = await this.request(rt.MessageType.GETLINK, (out) =>
-          rt.formatLinkMessage({ kind: "link", data: { index }, attrs: {} }, out),
-        );
-      } catch (e) {
-        throw wrap(`looking up link #${index}`, e);
-      }
-      const link = msgs.find((m): m is rt.LinkMessage => m.kind === "link");
-      if (link?.attrs.ifname === undefined) throw new Error(`looking up link #${index}: no answer from the kernel`);
-      return { ifname: link.attrs.ifname, mtu: link.attrs.mtu };
+      const what = `looking up link #${index}`;
+      const link = await wrapped(what, () => this.nl.getLink(index, what));
+      if (link === undefined) throw new Error(`${what}: no answer from the kernel`);
+      return { ifname: link.name, mtu: link.mtu };
     });
   }
 
   // -- operations ------------------------------------------------------------------------------
 
   private async doLookupRoute(ip: Ipv4, fibMatch: boolean): Promise<RouteLookup> {
-    let msgs: rt.Message[];
-    try {
-      msgs = await this.request(rt.MessageType.GETROUTE, (out) =>
-        rt.formatRouteMessage({
-          kind: "route",
-          data: { family: AF_INET, dstLen: 32, flags: fibMatch ? { fibMatch: true } : {} },
-          attrs: { dst: ipv4Buf(ip) },
-        }, out),
-      );
-    } catch (e) {
-      throw wrap(`looking up the route to ${formatIpv4(ip)}`, e);
-    }
-    const m = msgs.find((x): x is rt.RouteMessage => x.kind === "route");
-    if (m === undefined) throw new Error(`looking up the route to ${formatIpv4(ip)}: no answer from the kernel`);
-    const oif = m.attrs.oif ?? null;
+    const what = `looking up the route to ${formatIpv4(ip)}`;
+    const r = await wrapped(what, () => this.nl.lookupRoute(ip, fibMatch, what));
+    if (r === undefined) throw new Error(`${what}: no answer from the kernel`);
+    const oif = r.oif ?? null;
     let ifname: string | null = null;
-    if (oif !== null) {
-      const links = await this.request(rt.MessageType.GETLINK, (out) =>
-        rt.formatLinkMessage({ kind: "link", data: { index: oif }, attrs: {} }, out)).catch((): rt.Message[] => []);
-      ifname = links.find((l): l is rt.LinkMessage => l.kind === "link")?.attrs.ifname ?? null;
-    }
-    const mtu = m.attrs.metrics?.mtu;
+    if (oif !== null) ifname = (await this.nl.getLink(oif, `looking up link #${oif}`).catch(() => undefined))?.name ?? null;
     return {
-      dst: { family: 4, network: (bufIpv4(m.attrs.dst) ?? 0) as Ipv4, prefixLen: m.data.dstLen ?? 0 },
-      gateway: bufIpv4(m.attrs.gateway),
+      dst: { family: 4, network: r.dst, prefixLen: r.dstLen },
+      gateway: r.gateway ?? null,
       oif,
       ifname,
-      protocol: routeProtocol(m),
-      type: routeType(m),
-      table: routeTable(m),
-      onlink: (routeFlagBits(m.data.flags) & RTNH_F_ONLINK) !== 0,
-      // RTAX_MTU is a host-order u32; every platform we run on is little-endian.
-      pathMtu: mtu !== undefined && mtu.length === 4 ? mtu.readUInt32LE(0) : undefined,
+      protocol: r.protocol,
+      type: r.type,
+      table: r.table,
+      onlink: r.onlink,
+      pathMtu: r.pathMtu,
     };
   }
 
@@ -454,49 +379,21 @@ export class HostPlumbing {
     const index = link.index;
     // Only what differs is sent: setting the link address, even to the same value, makes the
     // kernel flush every neighbour on the device, permanent ones included.
-    const linkAttrs: LinkAttrs = {};
-    if (link.mac !== mac) linkAttrs.address = macBuf(mac);
-    if (link.mtu !== mtu) linkAttrs.mtu = mtu;
-    if (linkAttrs.address !== undefined || linkAttrs.mtu !== undefined || !link.up) {
-      try {
-        await this.request(rt.MessageType.SETLINK, (out) =>
-          rt.formatLinkMessage(
-            { kind: "link", data: { family: 0, index, flags: { up: true }, change: { up: true } }, attrs: linkAttrs },
-            out,
-          ),
-        );
-      } catch (e) {
-        throw wrap(`setting link ${ifname} address ${formatMac(mac)} mtu ${mtu} up`, e);
-      }
+    const change = { mac: link.mac !== mac ? mac : undefined, mtu: link.mtu !== mtu ? mtu : undefined, up: true };
+    if (change.mac !== undefined || change.mtu !== undefined || !link.up) {
+      const what = `setting link ${ifname} address ${formatMac(mac)} mtu ${mtu} up`;
+      await wrapped(what, () => this.nl.configureLink(index, change, what));
     }
 
-    if (address !== undefined) await this.addTapAddress(index, ifname, address);
+    if (address !== undefined) {
+      const what = `adding address ${formatIpv4(address)}/32 to ${ifname}`;
+      await wrapped(what, () => this.nl.addAddress(index, address, 32, true, what));
+    }
 
     // The TAP carries exactly that address: drop a stale one (say, from an earlier subnet).
     for (const a of await this.addresses(index)) {
       if (a.local === address && a.prefixLen === 32) continue;
       await this.deleteAddress(index, ifname, a.local, a.prefixLen, true);
-    }
-  }
-
-  private async addTapAddress(index: number, ifname: string, address: Ipv4): Promise<void> {
-    const what = `adding address ${formatIpv4(address)}/32 to ${ifname}`;
-    try {
-      await this.request(
-        rt.MessageType.NEWADDR,
-        (out) =>
-          rt.formatAddressMessage(
-            {
-              kind: "address",
-              data: { family: AF_INET, prefixlen: 32, index, scope: RT_SCOPE_UNIVERSE },
-              attrs: { local: ipv4Buf(address), address: ipv4Buf(address) },
-            },
-            out,
-          ),
-        FlagsNew.CREATE | FlagsNew.REPLACE,
-      );
-    } catch (e) {
-      throw wrap(what, e);
     }
   }
 
@@ -512,14 +409,12 @@ export class HostPlumbing {
     try {
       index = await this.ifindex(ifname);
     } catch (e) {
-      if (codeOf(e) === "ENODEV") {
-        return { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0, addressesRemoved: 0, deviceFound: false };
-      }
+      if (errnoCode(e) === "ENODEV") return { ...emptySummary(), addressesRemoved: 0, deviceFound: false };
       throw e;
     }
     const plan = diffPeers([], await this.ourRoutes(index), await this.permanentNeighbours(index));
     const failures: Error[] = [];
-    let summary: PlumbingSummary = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0 };
+    let summary = emptySummary();
     try {
       summary = await this.apply(index, ifname, plan, true);
     } catch (e) {
@@ -529,7 +424,7 @@ export class HostPlumbing {
     }
     let addressesRemoved = 0;
     for (const a of await this.addresses(index).catch((e: unknown) => {
-      if (GONE.has(codeOf(e) ?? "")) return [];
+      if (gone(e)) return [];
       throw wrap(`listing addresses of ${ifname}`, e);
     })) {
       try {
@@ -544,127 +439,57 @@ export class HostPlumbing {
 
   /** Applies a plan: neighbours first (a new route never resolves by ARP), stale routes before new ones. */
   private async apply(index: number, ifname: string, plan: PeerPlan, tolerateGone: boolean, existingNeighbours: ReadonlySet<number> = new Set()): Promise<PlumbingSummary> {
-    const summary: PlumbingSummary = { routesAdded: 0, routesRemoved: 0, neighboursSet: 0, neighboursReplaced: 0, neighboursRemoved: 0 };
-    const failures: Error[] = [];
-    const attempt = async (what: string, op: () => Promise<void>, count: () => void, gone = false): Promise<void> => {
-      try {
-        await op();
-        count();
-      } catch (e) {
-        if (gone && GONE.has(codeOf(e) ?? "")) return;
-        failures.push(wrap(what, e));
-      }
-    };
+    const run = new PlanRun();
+    await this.setNeighbours(run, index, ifname, plan.setNeighbours, existingNeighbours);
+    await this.removeRoutes(run, index, ifname, plan.removeRoutes);
+    await this.addRoutes(run, index, ifname, plan.addRoutes);
+    await this.removeNeighbours(run, index, ifname, plan.removeNeighbours);
+    return run.finish(tolerateGone);
+  }
 
-    for (const n of plan.setNeighbours) {
-      await attempt(
-        `setting neighbour ${formatIpv4(n.ip)} lladdr ${formatMac(n.mac)} dev ${ifname} nud permanent`,
-        () =>
-          this.request(
-            rt.MessageType.NEWNEIGH,
-            (out) =>
-              rt.formatNeighborMessage(
-                {
-                  kind: "neighbor",
-                  data: { family: AF_INET, ifindex: index, state: { permanent: true } },
-                  attrs: { dst: ipv4Buf(n.ip), lladdr: macBuf(n.mac) },
-                },
-                out,
-              ),
-            FlagsNew.CREATE | FlagsNew.REPLACE,
-          ).then(() => undefined),
-        () => {
-          summary.neighboursSet++;
-          if (existingNeighbours.has(n.ip)) summary.neighboursReplaced++;
-        },
-      );
+  /** Creates or replaces permanent neighbours; one that existed before (with any MAC) counts as replaced too. */
+  private async setNeighbours(run: PlanRun, index: number, ifname: string, set: PeerPlan["setNeighbours"], existing: ReadonlySet<number>): Promise<void> {
+    for (const n of set) {
+      const what = `setting neighbour ${formatIpv4(n.ip)} lladdr ${formatMac(n.mac)} dev ${ifname} nud permanent`;
+      await run.attempt(what, () => this.nl.setPermanentNeighbour(index, n.ip, n.mac, what), (s) => {
+        s.neighboursSet++;
+        if (existing.has(n.ip)) s.neighboursReplaced++;
+      });
     }
+  }
 
-    for (const r of plan.removeRoutes) {
-      await attempt(
-        `removing route ${describeRoute(r.dst, r.gateway, ifname)} proto ${VXMESH_RTPROT}`,
-        () =>
-          this.request(rt.MessageType.DELROUTE, (out) =>
-            rt.formatRouteMessage(
-              {
-                kind: "route",
-                data: {
-                  family: AF_INET,
-                  dstLen: r.dst.prefixLen,
-                  tos: r.tos,
-                  table: RT_TABLE_MAIN,
-                  protocol: VXMESH_RTPROT as rt.RouteProtocol,
-                  scope: RT_SCOPE_NOWHERE,
-                },
-                attrs: {
-                  dst: r.dst.prefixLen > 0 ? ipv4Buf(r.dst.network) : undefined,
-                  oif: index,
-                  gateway: r.gateway === null ? undefined : ipv4Buf(r.gateway),
-                  priority: r.priority === 0 ? undefined : r.priority,
-                  table: RT_TABLE_MAIN,
-                },
-              },
-              out,
-            ),
-          ).then(() => undefined),
-        () => summary.routesRemoved++,
+  private async removeRoutes(run: PlanRun, index: number, ifname: string, routes: readonly ActualRoute[]): Promise<void> {
+    for (const r of routes) {
+      const what = `removing route ${describeRoute(r.dst, r.gateway, ifname)} proto ${VXMESH_RTPROT}`;
+      await run.attempt(
+        what,
+        () => this.nl.deleteRoute({
+          dst: r.dst.network, dstLen: r.dst.prefixLen, tos: r.tos, protocol: VXMESH_RTPROT, oif: index,
+          gateway: r.gateway ?? undefined, priority: r.priority,
+        }, what),
+        (s) => s.routesRemoved++,
         true,
       );
     }
+  }
 
-    for (const dst of plan.addRoutes) {
-      await attempt(
-        `adding route ${describeRoute(dst, dst.network, ifname)}`,
-        () =>
-          this.request(
-            rt.MessageType.NEWROUTE,
-            (out) =>
-              rt.formatRouteMessage(
-                {
-                  kind: "route",
-                  data: {
-                    family: AF_INET,
-                    dstLen: dst.prefixLen,
-                    table: RT_TABLE_MAIN,
-                    protocol: VXMESH_RTPROT as rt.RouteProtocol,
-                    scope: RT_SCOPE_UNIVERSE,
-                    type: RTN_UNICAST,
-                    flags: { __unknown: RTNH_F_ONLINK },
-                  },
-                  attrs: {
-                    dst: dst.prefixLen > 0 ? ipv4Buf(dst.network) : undefined,
-                    gateway: ipv4Buf(dst.network),
-                    oif: index,
-                    table: RT_TABLE_MAIN,
-                  },
-                },
-                out,
-              ),
-            FlagsNew.CREATE | FlagsNew.EXCL,
-          ).then(() => undefined),
-        () => summary.routesAdded++,
+  /** Adds `<subnet> via <subnet network> dev <tap> onlink proto 118` for each subnet. */
+  private async addRoutes(run: PlanRun, index: number, ifname: string, subnets: readonly Subnet[]): Promise<void> {
+    for (const dst of subnets) {
+      const what = `adding route ${describeRoute(dst, dst.network, ifname)}`;
+      await run.attempt(
+        what,
+        () => this.nl.addRoute({ dst: dst.network, dstLen: dst.prefixLen, gateway: dst.network, oif: index, protocol: VXMESH_RTPROT, onlink: true }, what),
+        (s) => s.routesAdded++,
       );
     }
+  }
 
-    for (const n of plan.removeNeighbours) {
-      await attempt(
-        `removing neighbour ${formatIpv4(n.ip)} dev ${ifname}`,
-        () =>
-          this.request(rt.MessageType.DELNEIGH, (out) =>
-            rt.formatNeighborMessage(
-              { kind: "neighbor", data: { family: AF_INET, ifindex: index }, attrs: { dst: ipv4Buf(n.ip) } },
-              out,
-            ),
-          ).then(() => undefined),
-        () => summary.neighboursRemoved++,
-        true,
-      );
+  private async removeNeighbours(run: PlanRun, index: number, ifname: string, neighbours: readonly ActualNeighbour[]): Promise<void> {
+    for (const n of neighbours) {
+      const what = `removing neighbour ${formatIpv4(n.ip)} dev ${ifname}`;
+      await run.attempt(what, () => this.nl.deleteNeighbour(index, n.ip, what), (s) => s.neighboursRemoved++, true);
     }
-
-    if (failures.length > 0 && !(tolerateGone && failures.every((f) => GONE.has(codeOf(f) ?? "")))) {
-      throw combine(failures, summary);
-    }
-    return summary;
   }
 
   // -- kernel reads ----------------------------------------------------------------------------
@@ -673,147 +498,51 @@ export class HostPlumbing {
     return (await this.link(ifname)).index;
   }
 
-  private async link(ifname: string): Promise<{ index: number; mac: MacAddr | null; mtu: number | undefined; up: boolean }> {
-    let msgs: rt.Message[];
-    try {
-      msgs = await this.request(rt.MessageType.GETLINK, (out) =>
-        rt.formatLinkMessage({ kind: "link", data: {}, attrs: { ifname } }, out),
-      );
-    } catch (e) {
-      throw wrap(`looking up link ${ifname}`, e);
-    }
-    const link = msgs.find((m): m is rt.LinkMessage => m.kind === "link");
-    if (link?.data.index === undefined) throw new Error(`looking up link ${ifname}: no answer from the kernel`);
-    return {
-      index: link.data.index,
-      mac: bufMac(link.attrs.address),
-      mtu: link.attrs.mtu,
-      up: link.data.flags?.up === true,
-    };
+  private async link(ifname: string): Promise<LinkInfo> {
+    const what = `looking up link ${ifname}`;
+    const link = await wrapped(what, () => this.nl.getLink(ifname, what));
+    if (link === undefined) throw new Error(`${what}: no answer from the kernel`);
+    return link;
   }
 
+  /** Our routes: protocol VXMESH_RTPROT, main table, out of link `index`. */
   private async ourRoutes(index: number): Promise<ActualRoute[]> {
-    let msgs: rt.Message[];
-    try {
-      msgs = await this.request(
-        rt.MessageType.GETROUTE,
-        (out) => rt.formatRouteMessage({ kind: "route", data: { family: AF_INET }, attrs: {} }, out),
-        NLM_F_DUMP,
-      );
-    } catch (e) {
-      throw wrap("listing IPv4 routes", e);
-    }
-    const routes: ActualRoute[] = [];
-    for (const m of msgs) {
-      if (m.kind !== "route" || m.data.family !== AF_INET) continue;
-      if (routeTable(m) !== RT_TABLE_MAIN) continue;
-      if (routeProtocol(m) !== VXMESH_RTPROT) continue;
-      if (m.attrs.oif !== index) continue;
-      const dstLen = m.data.dstLen ?? 0;
-      routes.push({
-        dst: { family: 4, network: (bufIpv4(m.attrs.dst) ?? 0) as Ipv4, prefixLen: dstLen },
-        gateway: bufIpv4(m.attrs.gateway),
-        onlink: (routeFlagBits(m.data.flags) & RTNH_F_ONLINK) !== 0,
-        priority: m.attrs.priority ?? 0,
-        tos: m.data.tos ?? 0,
-        type: routeType(m),
-      });
-    }
-    return routes;
+    const routes = await wrapped("listing IPv4 routes", () => this.nl.routes("listing IPv4 routes"));
+    return routes
+      .filter((r) => r.table === RT_TABLE_MAIN && r.protocol === VXMESH_RTPROT && r.oif === index)
+      .map((r) => ({
+        dst: { family: 4, network: r.dst, prefixLen: r.dstLen },
+        gateway: r.gateway ?? null,
+        onlink: r.onlink,
+        priority: r.priority ?? 0,
+        tos: r.tos,
+        type: r.type,
+      }));
   }
 
   private async permanentNeighbours(index: number): Promise<ActualNeighbour[]> {
-    let msgs: rt.Message[];
-    try {
-      msgs = await this.request(
-        rt.MessageType.GETNEIGH,
-        (out) => rt.formatNeighborMessage({ kind: "neighbor", data: { family: AF_INET }, attrs: {} }, out),
-        NLM_F_DUMP,
-      );
-    } catch (e) {
-      throw wrap("listing IPv4 neighbours", e);
-    }
-    const out: ActualNeighbour[] = [];
-    for (const m of msgs) {
-      if (m.kind !== "neighbor" || m.data.family !== AF_INET || m.data.ifindex !== index) continue;
-      if ((rt.formatNeighborState(m.data.state ?? {}) & NUD_PERMANENT) === 0) continue;
-      const ip = bufIpv4(m.attrs.dst);
-      if (ip === null) continue;
-      out.push({ ip, mac: bufMac(m.attrs.lladdr) });
-    }
-    return out;
+    const neighbours = await wrapped("listing IPv4 neighbours", () => this.nl.neighbours("listing IPv4 neighbours"));
+    return neighbours.filter((n) => n.ifindex === index && n.permanent).map((n) => ({ ip: n.ip, mac: n.mac ?? null }));
   }
 
   private async addresses(index: number): Promise<{ local: Ipv4; prefixLen: number }[]> {
-    const msgs = await this.request(
-      rt.MessageType.GETADDR,
-      (out) => rt.formatAddressMessage({ kind: "address", data: { family: AF_INET }, attrs: {} }, out),
-      NLM_F_DUMP,
-    );
-    const out: { local: Ipv4; prefixLen: number }[] = [];
-    for (const m of msgs) {
-      if (m.kind !== "address" || m.data.family !== AF_INET || m.data.index !== index) continue;
-      const local = bufIpv4(m.attrs.local ?? m.attrs.address);
-      if (local !== null) out.push({ local, prefixLen: m.data.prefixlen ?? 32 });
-    }
-    return out;
+    return (await this.nl.addresses("listing IPv4 addresses")).filter((a) => a.index === index);
   }
 
   /** Deletes one address; returns false when it was already gone. */
   private async deleteAddress(index: number, ifname: string, local: Ipv4, prefixLen: number, tolerateGone: boolean): Promise<boolean> {
+    const what = `removing address ${formatIpv4(local)}/${prefixLen} from ${ifname}`;
     try {
-      await this.request(rt.MessageType.DELADDR, (out) =>
-        rt.formatAddressMessage(
-          {
-            kind: "address",
-            data: { family: AF_INET, prefixlen: prefixLen, index },
-            attrs: { local: ipv4Buf(local) },
-          },
-          out,
-        ),
-      );
+      await this.nl.deleteAddress(index, local, prefixLen, what);
       return true;
     } catch (e) {
-      if (tolerateGone && GONE.has(codeOf(e) ?? "")) return false;
-      throw wrap(`removing address ${formatIpv4(local)}/${prefixLen} from ${ifname}`, e);
+      if (tolerateGone && gone(e)) return false;
+      throw wrap(what, e);
     }
   }
-
-  // -- plumbing --------------------------------------------------------------------------------
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     if (this.closed) return Promise.reject(new Error("host plumbing: the netlink socket is closed"));
-    const run = this.chain.then(fn, fn);
-    this.chain = run.catch(() => undefined);
-    return run;
+    return this.ops.run(fn);
   }
-
-  /**
-   * One request with NLM_F_REQUEST|NLM_F_ACK (+ `flags`). Resolves with the parsed answer
-   * (empty for a plain ACK); rejects with a NetlinkError carrying the errno.
-   */
-  private async request(type: rt.MessageType, format: Formatter, flags = 0): Promise<rt.Message[]> {
-    const stream = new AttrStream();
-    format(stream);
-    const [msgs] = await this.sock.socket.request(type, stream.bufs, { flags, checkError: false });
-    const first: NetlinkMessage | undefined = msgs[0];
-    if (first !== undefined && first.type === NLMSG_ERROR) {
-      const { errno } = parseError(first.data, first.flags);
-      if (errno !== 0) throw errnoError(errno);
-      return [];
-    }
-    return msgs.map((m) => rt.parseMessage(m.type, m.data));
-  }
-}
-
-function combine(failures: Error[], summary: PlumbingSummary): PlumbingError {
-  const first = failures[0] as PlumbingError;
-  const err: PlumbingError =
-    failures.length === 1
-      ? new Error(first.message, { cause: first.cause })
-      : new Error(`${failures.length} kernel changes failed: ${failures.map((f) => f.message).join("; ")}`);
-  if (first.code !== undefined) err.code = first.code;
-  err.failures = failures;
-  err.summary = summary;
-  return err;
 }

@@ -31,7 +31,7 @@ export function parseIptablesBackend(text: string): Parsed<BackendChoice> {
 export const NAT_CHAIN = "VXMESH-POSTROUTING";
 export const FORWARD_CHAIN = "VXMESH-FORWARD";
 /** kube-proxy's masquerade mark (KUBE-MARK-MASQ sets it, KUBE-POSTROUTING masquerades on it). */
-export const KUBE_MASQ_MARK = "0x4000/0x4000";
+const KUBE_MASQ_MARK = "0x4000/0x4000";
 
 export type Table = "nat" | "filter";
 
@@ -53,7 +53,7 @@ export interface OwnedChain {
 }
 
 /** Every chain vxmesh may have made, whether or not it is wanted now (for removal). */
-export const OWNED_CHAINS: readonly { table: Table; name: string; hook: OwnedChain["hook"] }[] = [
+const OWNED_CHAINS: readonly { table: Table; name: string; hook: OwnedChain["hook"] }[] = [
   { table: "nat", name: NAT_CHAIN, hook: "POSTROUTING" },
   { table: "filter", name: FORWARD_CHAIN, hook: "FORWARD" },
 ];

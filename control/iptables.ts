@@ -14,6 +14,7 @@ import {
   allTables, decideBackend, desiredChains, holdsOwned, parseIptablesSave, planEnsure, planRemove,
   type BackendChoice, type BackendDecision, type EgressPolicy, type IptablesBackend, type RestorePlan, type SavedTables, type Table,
 } from "./iptables-rules";
+import { Serial } from "./serial";
 
 /** Where iptables lives on Debian and most distributions, also when PATH (a service's, a non-root user's) lacks it. */
 const SBIN_DIRS = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
@@ -261,7 +262,7 @@ export interface PassResult {
  * removes them. Passes run one at a time; none runs after stop.
  */
 export class EgressRules {
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly passes = new Serial();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
   private inFlight = false;
@@ -379,8 +380,6 @@ export class EgressRules {
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.queue.then(fn, fn);
-    this.queue = next.catch(() => undefined);
-    return next;
+    return this.passes.run(fn);
   }
 }

@@ -24,11 +24,11 @@ import { createCipheriv, createDecipheriv, createHash, createSecretKey, randomBy
 import * as fs from "node:fs";
 import type { Parsed } from "../encap/types";
 
-export const ENVELOPE_VERSION = 1;
-export const KEY_BYTES = 32;
-export const KEY_ID_BYTES = 4;
-export const NONCE_BYTES = 12;
-export const TAG_BYTES = 16;
+const ENVELOPE_VERSION = 1;
+const KEY_BYTES = 32;
+const KEY_ID_BYTES = 4;
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
 export const ENVELOPE_HEADER_BYTES = 1 + KEY_ID_BYTES + NONCE_BYTES;
 /** Bytes a sealed message adds to its plaintext: 1 + 4 + 12 + 16 = 33. */
 export const ENVELOPE_OVERHEAD = ENVELOPE_HEADER_BYTES + TAG_BYTES;

@@ -230,102 +230,134 @@ export function decodeNodeRecord(buf: Uint8Array): Parsed<NodeRecord> {
   if (version !== NODE_RECORD_FORMAT_VERSION) {
     return fail(`format version ${version} is not supported (this build reads version ${NODE_RECORD_FORMAT_VERSION}); upgrade this node`);
   }
-  let name: string | undefined;
-  let protocolVersion: number | undefined;
-  let underlay: UnderlayAddr | undefined;
-  let gossipPort: number | undefined;
-  let vtepMac: MacAddr | undefined;
-  let vni: Vni | undefined;
-  let vxlanPort: number | undefined;
-  let podSubnets: Subnet[] | undefined;
-  let lease: LeaseClaim | null = null;
-  let skippedSubnets = 0;
-  let seen = 0;
+  const fields = readFields(buf);
+  if (typeof fields === "string") return fail(fields);
+  return assembleRecord(fields);
+}
 
+/** The fields of a record as they are read, before the required ones are checked. */
+interface FieldsRead {
+  name?: string;
+  protocolVersion?: number;
+  underlay?: UnderlayAddr;
+  gossipPort?: number;
+  vtepMac?: MacAddr;
+  vni?: Vni;
+  vxlanPort?: number;
+  podSubnets?: Subnet[];
+  lease: LeaseClaim | null;
+  /** Pod subnets of a family this build knows but does not route (IPv6). */
+  skippedSubnets: number;
+}
+
+/**
+ * Walks the type-length-value fields after the version byte: unknown fields are skipped unless
+ * critical, a known one may appear once. A string is the first problem found.
+ */
+function readFields(buf: Uint8Array): FieldsRead | string {
+  const fields: FieldsRead = { lease: null, skippedSubnets: 0 };
+  let seen = 0;
   let o = 1;
   while (o < buf.length) {
-    if (o + 2 > buf.length) return fail(`field header at byte ${o} is truncated`);
+    if (o + 2 > buf.length) return `field header at byte ${o} is truncated`;
     const type = buf[o] as number;
     const len = buf[o + 1] as number;
     const v = o + 2;
-    if (v + len > buf.length) return fail(`field 0x${type.toString(16)} at byte ${o} claims ${len} bytes, only ${buf.length - v} remain`);
+    if (v + len > buf.length) return `field 0x${type.toString(16)} at byte ${o} claims ${len} bytes, only ${buf.length - v} remain`;
     o = v + len;
     const label = FIELD_NAMES[type];
     if (label === undefined) {
-      if ((type & T_CRITICAL) !== 0) return fail(`unknown critical field 0x${type.toString(16)}; upgrade this node`);
+      if ((type & T_CRITICAL) !== 0) return `unknown critical field 0x${type.toString(16)}; upgrade this node`;
       continue;
     }
     const bit = 1 << type;
-    if ((seen & bit) !== 0) return fail(`${label} field appears twice`);
+    if ((seen & bit) !== 0) return `${label} field appears twice`;
     seen |= bit;
-    const wrongLen = (want: number): { ok: false; error: string } => fail(`${label} field is ${len} bytes, expected ${want}`);
-    switch (type) {
-      case T_NAME: {
-        let s = "";
-        for (let i = 0; i < len; i++) s += String.fromCharCode(buf[v + i] as number);
-        name = s;
-        break;
-      }
-      case T_PROTOCOL:
-        if (len !== 2) return wrongLen(2);
-        protocolVersion = readU16(buf, v);
-        break;
-      case T_UNDERLAY: {
-        if (len < 1) return wrongLen(5);
-        const family = buf[v] as number;
-        if (family !== FAMILY_V4) return fail(`underlay address family ${family} is not supported`);
-        if (len !== 5) return wrongLen(5);
-        underlay = { family: 4, ip: readU32(buf, v + 1) as Ipv4 };
-        break;
-      }
-      case T_GOSSIP_PORT:
-        if (len !== 2) return wrongLen(2);
-        gossipPort = readU16(buf, v);
-        break;
-      case T_VTEP_MAC:
-        if (len !== 6) return wrongLen(6);
-        vtepMac = readMac(buf, v);
-        break;
-      case T_VNI:
-        if (len !== 3) return wrongLen(3);
-        vni = (((buf[v] as number) << 16) | readU16(buf, v + 1)) as Vni;
-        break;
-      case T_VXLAN_PORT:
-        if (len !== 2) return wrongLen(2);
-        vxlanPort = readU16(buf, v);
-        break;
-      case T_POD_SUBNETS: {
-        const list: Subnet[] = [];
-        let p = v;
-        const end = v + len;
-        while (p < end) {
-          const family = buf[p] as number;
-          const entryLen = family === FAMILY_V4 ? V4_SUBNET_ENTRY_LEN : family === FAMILY_V6 ? V6_SUBNET_ENTRY_LEN : 0;
-          if (entryLen === 0) return fail(`pod subnet family ${family} is not known`);
-          if (p + entryLen > end) return fail(`pod subnet entry at byte ${p} is truncated`);
-          const prefixLen = buf[p + 1] as number;
-          if (family === FAMILY_V4) {
-            if (prefixLen > 32) return fail(`pod subnet prefix length ${prefixLen} exceeds 32`);
-            list.push({ family: 4, network: readU32(buf, p + 2) as Ipv4, prefixLen });
-          } else if (prefixLen > 128) {
-            return fail(`pod subnet prefix length ${prefixLen} exceeds 128`);
-          } else {
-            skippedSubnets++;
-          }
-          p += entryLen;
-        }
-        podSubnets = list;
-        break;
-      }
-      case T_LEASE: {
-        if (len !== LEASE_LEN) return wrongLen(LEASE_LEN);
-        const state = LEASE_STATE_BY_CODE[buf[v] as number];
-        if (state === undefined) return fail(`lease state ${buf[v] as number} is not known`);
-        lease = { state, stamp: readU16(buf, v + 1) * 2 ** 32 + readU32(buf, v + 3), seq: readU32(buf, v + 7) };
-        break;
-      }
-    }
+    const problem = readField(fields, type, label, buf, v, len);
+    if (problem !== null) return problem;
   }
+  return fields;
+}
+
+/** Reads one known field (its value is `len` bytes at `v`) into `fields`; a string is a problem. */
+function readField(fields: FieldsRead, type: number, label: string, buf: Uint8Array, v: number, len: number): string | null {
+  const wrongLen = (want: number): string => `${label} field is ${len} bytes, expected ${want}`;
+  switch (type) {
+    case T_NAME: {
+      let s = "";
+      for (let i = 0; i < len; i++) s += String.fromCharCode(buf[v + i] as number);
+      fields.name = s;
+      return null;
+    }
+    case T_PROTOCOL:
+      if (len !== 2) return wrongLen(2);
+      fields.protocolVersion = readU16(buf, v);
+      return null;
+    case T_UNDERLAY: {
+      if (len < 1) return wrongLen(5);
+      const family = buf[v] as number;
+      if (family !== FAMILY_V4) return `underlay address family ${family} is not supported`;
+      if (len !== 5) return wrongLen(5);
+      fields.underlay = { family: 4, ip: readU32(buf, v + 1) as Ipv4 };
+      return null;
+    }
+    case T_GOSSIP_PORT:
+      if (len !== 2) return wrongLen(2);
+      fields.gossipPort = readU16(buf, v);
+      return null;
+    case T_VTEP_MAC:
+      if (len !== 6) return wrongLen(6);
+      fields.vtepMac = readMac(buf, v);
+      return null;
+    case T_VNI:
+      if (len !== 3) return wrongLen(3);
+      fields.vni = (((buf[v] as number) << 16) | readU16(buf, v + 1)) as Vni;
+      return null;
+    case T_VXLAN_PORT:
+      if (len !== 2) return wrongLen(2);
+      fields.vxlanPort = readU16(buf, v);
+      return null;
+    case T_POD_SUBNETS:
+      return readPodSubnets(fields, buf, v, v + len);
+    case T_LEASE: {
+      if (len !== LEASE_LEN) return wrongLen(LEASE_LEN);
+      const state = LEASE_STATE_BY_CODE[buf[v] as number];
+      if (state === undefined) return `lease state ${buf[v] as number} is not known`;
+      fields.lease = { state, stamp: readU16(buf, v + 1) * 2 ** 32 + readU32(buf, v + 3), seq: readU32(buf, v + 7) };
+      return null;
+    }
+    default:
+      return null;
+  }
+}
+
+/** The pod subnet entries from `v` to `end`: IPv4 ones kept, IPv6 ones counted as skipped. */
+function readPodSubnets(fields: FieldsRead, buf: Uint8Array, v: number, end: number): string | null {
+  const list: Subnet[] = [];
+  let p = v;
+  while (p < end) {
+    const family = buf[p] as number;
+    const entryLen = family === FAMILY_V4 ? V4_SUBNET_ENTRY_LEN : family === FAMILY_V6 ? V6_SUBNET_ENTRY_LEN : 0;
+    if (entryLen === 0) return `pod subnet family ${family} is not known`;
+    if (p + entryLen > end) return `pod subnet entry at byte ${p} is truncated`;
+    const prefixLen = buf[p + 1] as number;
+    if (family === FAMILY_V4) {
+      if (prefixLen > 32) return `pod subnet prefix length ${prefixLen} exceeds 32`;
+      list.push({ family: 4, network: readU32(buf, p + 2) as Ipv4, prefixLen });
+    } else if (prefixLen > 128) {
+      return `pod subnet prefix length ${prefixLen} exceeds 128`;
+    } else {
+      fields.skippedSubnets++;
+    }
+    p += entryLen;
+  }
+  fields.podSubnets = list;
+  return null;
+}
+
+/** The record from the fields read: every required field present, and the whole record valid. */
+function assembleRecord(f: FieldsRead): Parsed<NodeRecord> {
+  const { name, protocolVersion, underlay, gossipPort, vtepMac, vni, vxlanPort, podSubnets } = f;
   if (name === undefined) return fail("name field is missing");
   if (protocolVersion === undefined) return fail("protocol field is missing");
   if (underlay === undefined) return fail("underlay field is missing");
@@ -335,7 +367,7 @@ export function decodeNodeRecord(buf: Uint8Array): Parsed<NodeRecord> {
   if (vxlanPort === undefined) return fail("VXLAN port field is missing");
   if (podSubnets === undefined) return fail("pod subnets field is missing");
   // A node with only subnets of a family this build skips holds nothing this build can route.
-  if (podSubnets.length === 0 && skippedSubnets > 0) lease = null;
+  const lease = podSubnets.length === 0 && f.skippedSubnets > 0 ? null : f.lease;
   const record: NodeRecord = { name, protocolVersion, underlay, gossipPort, vtepMac, vni, vxlanPort, podSubnets, lease };
   const problem = checkNodeRecord(record);
   if (problem !== null) return fail(problem);

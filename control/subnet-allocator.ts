@@ -1,4 +1,4 @@
-// Pod subnet allocation without a central store (DESIGN §4), as a pure state machine: the caller
+// Pod subnet allocation without a central store (docs/DESIGN.md §4), as a pure state machine: the caller
 // passes its state, what it currently sees of the other nodes' claims, the quarantine list and
 // the time; `step` returns the next state, what to do, and when to call again at the latest.
 //
@@ -24,13 +24,15 @@ import { createHash } from "node:crypto";
 import { formatSubnet, subnetInside, subnetsOverlap, type Ipv4, type Parsed, type Subnet } from "../encap/types";
 import { checkNodeName, MAX_CLAIM_SEQ, type LeaseState, type NodeRecord } from "./node-record";
 
+// The defaults the daemon's flags show and apply (daemon/config.ts: --subnet-len, its upper
+// limit, and --claim-wait in seconds) are these; they are not written down anywhere else.
 export const DEFAULT_SUBNET_LEN = 24;
 export const MAX_SUBNET_LEN = 30;
 /** One push-pull anti-entropy round at memberlist's LAN default. */
 export const DEFAULT_CONFIRM_AFTER_MS = 30_000;
-export const DEFAULT_QUARANTINE_MS = 10 * 60_000;
+const DEFAULT_QUARANTINE_MS = 10 * 60_000;
 /** The claim stamp of a static subnet: earlier than any dynamic claim. */
-export const STATIC_CLAIM_STAMP = 0;
+const STATIC_CLAIM_STAMP = 0;
 
 /** This node's claim on its subnet (what goes into the node record, and what is persisted). */
 export interface Lease {
@@ -407,15 +409,4 @@ export function leaseOf(state: AllocatorState): Lease | null {
     default:
       return null;
   }
-}
-
-/** Whether the CNI shim may be given the subnet. */
-export function isReady(state: AllocatorState): boolean {
-  return state.phase === "confirmed";
-}
-
-/** The lease to publish when leaving gracefully: the same claim, state "released". */
-export function releasedLease(state: AllocatorState): Lease | null {
-  const lease = leaseOf(state);
-  return lease === null ? null : { ...lease, state: "released" };
 }

@@ -21,7 +21,7 @@ import type { Parsed } from "../encap/types";
 import { loadNative, type NativeShim } from "../encap/native";
 
 /** Capability numbers from linux/capability.h; the index is the number. */
-export const CAP_NAMES = [
+const CAP_NAMES = [
   "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
   "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
   "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",

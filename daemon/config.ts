@@ -7,14 +7,16 @@ import {
   formatSubnet, parseIpv4, parseMac, parseSubnet, parseVni, subnetInside, subnetsOverlap, vtepMacFor,
   type Ipv4, type MacAddr, type Parsed, type Subnet, type Vni,
 } from "../encap/types";
-import { VXLAN_DEFAULT_PORT } from "../encap/vxlan";
+import { VXLAN_DEFAULT_PORT, VXLAN_LINUX_LEGACY_PORT } from "../encap/vxlan";
 import { BURST_PERIOD_MS, BURST_SPIN_US, BURST_WAKES } from "../encap/spin-policy";
 import { serviceOverlapMessage, serviceOverlaps, type LabelledCidr } from "../control/cidr-overlap";
 import { readConfigFile } from "./config-file";
-import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, type FileLayer, type FlagSpec } from "./flags";
+import { anyText, boolSwitch, describeOrigin, describeSetting, envName, intInRange, parseFlags, withDefault, type FileLayer, type FlagSpec } from "./flags";
 import { parseLogFormat, type LogFormat } from "./log";
 import { parseKeepCaps, type KeepCaps } from "./capabilities";
 import { parseIptablesBackend, type BackendChoice } from "../control/iptables-rules";
+import { DEFAULT_CONFIRM_AFTER_MS, DEFAULT_SUBNET_LEN, MAX_SUBNET_LEN } from "../control/subnet-allocator";
+import { parseGossipProfile, type GossipProfile } from "../control/membership/config";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -31,6 +33,8 @@ export type PeerSource =
     subnet: Subnet | undefined;
     /** How long a claim must stand unchallenged before it is confirmed (ms). */
     claimWaitMs: number;
+    /** memberlist's timing profile: lan, wan or local. */
+    profile: GossipProfile;
   };
 
 export interface GossipAddress {
@@ -72,27 +76,27 @@ export interface DaemonConfig {
 /** The underlay IPv4 + UDP + VXLAN + inner Ethernet headers. */
 export const IPV4_OVERHEAD = 50;
 export const MIN_MTU = 576;
-export const MAX_BUSY_POLL_US = 100_000;
+const MAX_BUSY_POLL_US = 100_000;
 /**
  * Busy-polling after traffic by default, briefly: long enough to catch the next frames of a
  * burst without a wake-up (64-byte UDP +24 % in the bench), too short to keep a core busy.
  */
-export const DEFAULT_BUSY_POLL_US = 50;
-export const MAX_MTU = 9000;
+const DEFAULT_BUSY_POLL_US = 50;
+const MAX_MTU = 9000;
 
-export function parseNodeName(text: string): Parsed<string> {
+function parseNodeName(text: string): Parsed<string> {
   return /^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/.test(text)
     ? { ok: true, value: text }
     : { ok: false, error: "1-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit" };
 }
 
-export function parseIfName(text: string): Parsed<string> {
+function parseIfName(text: string): Parsed<string> {
   return /^[A-Za-z0-9_.-]{1,15}$/.test(text) && text !== "." && text !== ".."
     ? { ok: true, value: text }
     : { ok: false, error: "an interface name of 1-15 characters from A-Z a-z 0-9 _ . -" };
 }
 
-export function parseLogLevel(text: string): Parsed<string> {
+function parseLogLevel(text: string): Parsed<string> {
   const levels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
   return levels.includes(text) ? { ok: true, value: text } : { ok: false, error: `one of ${levels.join(", ")}` };
 }
@@ -105,29 +109,30 @@ export const daemonFlags = {
   peers: { name: "peers", help: "static peers: a JSON file listing the other nodes [{name, underlayIp, subnet, vtepMac}] (instead of gossip)", defaultText: "none: gossip", parse: anyText } satisfies FlagSpec<string>,
   keyFile: { name: "key-file", help: "gossip keyring: base64 AES-256 keys, one per line, the first encrypts (mode 0600; `vxmesh keygen` makes one)", defaultText: "none; required for gossip", parse: anyText } satisfies FlagSpec<string>,
   join: { name: "join", help: "gossip seeds to join, HOST:PORT[,HOST:PORT…]", defaultText: "none: the first node", repeatable: true, parse: parseJoinList } satisfies FlagSpec<GossipAddress[]>,
-  gossipPort: { name: "gossip-port", help: "UDP and TCP port for gossip on the underlay address, 1-65535", defaultText: "7946", parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
-  clusterCidr: { name: "cluster-cidr", help: "the pod network node subnets are claimed from", defaultText: "10.244.0.0/16", parse: parseSubnet } satisfies FlagSpec<Subnet>,
+  gossipProfile: { name: "gossip-profile", help: "gossip timings, memberlist's profiles: lan (probe every 1 s, 500 ms timeout), wan (5 s, 3 s: high-latency links) or local (1 s, 200 ms: loopback or one host); every node should use the same", ...withDefault<GossipProfile>("lan"), parse: parseGossipProfile } satisfies FlagSpec<GossipProfile>,
+  gossipPort: { name: "gossip-port", help: "UDP and TCP port for gossip on the underlay address, 1-65535", ...withDefault(7946), parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
+  clusterCidr: { name: "cluster-cidr", help: "the pod network node subnets are claimed from", ...withDefault<Subnet>({ family: 4, network: 0x0af40000 as Ipv4, prefixLen: 16 }, formatSubnet), parse: parseSubnet } satisfies FlagSpec<Subnet>,
   serviceCidr: { name: "service-cidr", help: "service (ClusterIP) CIDRs, CIDR[,CIDR…]; pod addresses must not overlap them", defaultText: "none", repeatable: true, parse: parseCidrList } satisfies FlagSpec<Subnet[]>,
-  subnetLen: { name: "subnet-len", help: "prefix length of each node's subnet, from the cluster CIDR's length to 30", defaultText: "24", parse: intInRange(1, 30) } satisfies FlagSpec<number>,
-  claimWait: { name: "claim-wait", help: "seconds a subnet claim must stand unchallenged before it is confirmed (one anti-entropy round), 0-600", defaultText: "30", parse: intInRange(0, 600) } satisfies FlagSpec<number>,
-  vni: { name: "vni", help: "VXLAN network identifier, 0-16777215", defaultText: "1", parse: parseVni } satisfies FlagSpec<Vni>,
-  vxlanPort: { name: "vxlan-port", help: "UDP port of VXLAN on the underlay (8472 for flannel's)", defaultText: String(VXLAN_DEFAULT_PORT), parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
-  tap: { name: "tap", help: "name of the TAP device the daemon creates", defaultText: "vxmesh0", parse: parseIfName } satisfies FlagSpec<string>,
+  subnetLen: { name: "subnet-len", help: `prefix length of each node's subnet, from the cluster CIDR's length to ${MAX_SUBNET_LEN}`, ...withDefault(DEFAULT_SUBNET_LEN), parse: intInRange(1, MAX_SUBNET_LEN) } satisfies FlagSpec<number>,
+  claimWait: { name: "claim-wait", help: "seconds a subnet claim must stand unchallenged before it is confirmed (one anti-entropy round), 0-600", ...withDefault(DEFAULT_CONFIRM_AFTER_MS / 1000), parse: intInRange(0, 600) } satisfies FlagSpec<number>,
+  vni: { name: "vni", help: "VXLAN network identifier, 0-16777215", ...withDefault(1 as Vni), parse: parseVni } satisfies FlagSpec<Vni>,
+  vxlanPort: { name: "vxlan-port", help: `UDP port of VXLAN on the underlay (${VXLAN_LINUX_LEGACY_PORT} for flannel's)`, ...withDefault(VXLAN_DEFAULT_PORT), parse: intInRange(1, 65535) } satisfies FlagSpec<number>,
+  tap: { name: "tap", help: "name of the TAP device the daemon creates", ...withDefault("vxmesh0"), parse: parseIfName } satisfies FlagSpec<string>,
   vtepMac: { name: "vtep-mac", help: "MAC address of this node's VTEP", defaultText: "derived from the node name", parse: parseMac } satisfies FlagSpec<MacAddr>,
   mtu: { name: "mtu", help: `MTU of the TAP and pods, ${MIN_MTU}-${MAX_MTU}`, defaultText: `underlay MTU − ${IPV4_OVERHEAD}`, parse: intInRange(MIN_MTU, MAX_MTU) } satisfies FlagSpec<number>,
-  runDir: { name: "run-dir", help: "directory for the control socket", defaultText: "/run/vxmesh", parse: anyText } satisfies FlagSpec<string>,
-  metricsAddr: { name: "metrics-addr", help: "HOST:PORT for Prometheus /metrics, /healthz and /readyz, or \"off\"", defaultText: "127.0.0.1:9464", parse: parseListenAddr } satisfies FlagSpec<{ host: string; port: number } | "off">,
-  stateDir: { name: "state-dir", help: "directory for state that survives restarts (pod address leases)", defaultText: "/var/lib/vxmesh", parse: anyText } satisfies FlagSpec<string>,
-  logLevel: { name: "log-level", help: "fatal, error, warn, info, debug, trace or silent", defaultText: "info", parse: parseLogLevel } satisfies FlagSpec<string>,
-  logFormat: { name: "log-format", help: "json (one object per line), pretty (readable lines) or auto (pretty on a terminal, else json)", defaultText: "auto", parse: parseLogFormat } satisfies FlagSpec<LogFormat>,
-  batch: { name: "batch", help: "frames per forwarder batch, 1-256", defaultText: "64", parse: intInRange(1, 256) } satisfies FlagSpec<number>,
-  offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
-  busyPoll: { name: "busy-poll", help: `µs the forwarder keeps polling after traffic instead of sleeping, yielding the CPU to any runnable thread between polls (lower latency and more packets per second, for up to one busy core while traffic flows; during a burst, more than ${BURST_WAKES} wake-ups within ${BURST_PERIOD_MS} ms, at most ${BURST_SPIN_US}), 0-${MAX_BUSY_POLL_US}; 0 sleeps at once`, defaultText: String(DEFAULT_BUSY_POLL_US), parse: intInRange(0, MAX_BUSY_POLL_US) } satisfies FlagSpec<number>,
-  keepCaps: { name: "keep-caps", help: "capabilities kept after set-up, on every thread (the rest are dropped and no_new_privs is set): auto (net_admin, plus sys_admin when held, for the CNI handler to enter pod namespaces, plus net_raw for iptables-legacy when --ip-masq or --forward-accept use it; a non-root daemon keeps what iptables needs ambient too), a comma list such as net_admin, or all to drop nothing", defaultText: "auto", parse: parseKeepCaps } satisfies FlagSpec<KeepCaps>,
-  ipMasq: { name: "ip-masq", help: "pod traffic to addresses outside the cluster CIDR (static peers: this node's and every peer's subnet) leaves with the node's address: iptables MASQUERADE --random-fully in the chain VXMESH-POSTROUTING, skipping packets kube-proxy marked (0x4000); pod↔pod and node↔pod traffic keeps its addresses (--ip-masq=false: no NAT)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
-  forwardAccept: { name: "forward-accept", help: "FORWARD accepts traffic from and to the cluster CIDR (chain VXMESH-FORWARD, jumped to first), so a FORWARD policy of DROP, as Docker sets, does not cut pod traffic (--forward-accept=false: leave FORWARD alone)", defaultText: "true", isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
-  iptablesBackend: { name: "iptables-backend", help: "where --ip-masq and --forward-accept put their rules: auto (the back end the node's rules are in, as kube-proxy's iptables-wrapper decides; nft when there are none), nft or legacy", defaultText: "auto", parse: parseIptablesBackend } satisfies FlagSpec<BackendChoice>,
-  sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", defaultText: "8", parse: intInRange(1, 64) } satisfies FlagSpec<number>,
+  runDir: { name: "run-dir", help: "directory for the control socket", ...withDefault("/run/vxmesh"), parse: anyText } satisfies FlagSpec<string>,
+  metricsAddr: { name: "metrics-addr", help: "HOST:PORT for Prometheus /metrics, /healthz and /readyz, or \"off\"", ...withDefault({ host: "127.0.0.1", port: 9464 }, (a) => `${a.host}:${a.port}`), parse: parseListenAddr } satisfies FlagSpec<{ host: string; port: number } | "off">,
+  stateDir: { name: "state-dir", help: "directory for state that survives restarts (pod address leases)", ...withDefault("/var/lib/vxmesh"), parse: anyText } satisfies FlagSpec<string>,
+  logLevel: { name: "log-level", help: "fatal, error, warn, info, debug, trace or silent", ...withDefault("info"), parse: parseLogLevel } satisfies FlagSpec<string>,
+  logFormat: { name: "log-format", help: "json (one object per line), pretty (readable lines) or auto (pretty on a terminal, else json)", ...withDefault<LogFormat>("auto"), parse: parseLogFormat } satisfies FlagSpec<LogFormat>,
+  batch: { name: "batch", help: "frames per forwarder batch, 1-256 (with --offload, TAP super-frames up to 64 and GRO runs up to 16)", ...withDefault(64), parse: intInRange(1, 256) } satisfies FlagSpec<number>,
+  offload: { name: "offload", help: "the fast path: TAP with virtio-net headers and TSO, UDP GSO/GRO (--offload=false: one frame per datagram)", ...withDefault(true), isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  busyPoll: { name: "busy-poll", help: `µs the forwarder keeps polling after traffic instead of sleeping, yielding the CPU to any runnable thread between polls (lower latency and more packets per second, for up to one busy core while traffic flows; during a burst, more than ${BURST_WAKES} wake-ups within ${BURST_PERIOD_MS} ms, at most ${BURST_SPIN_US}), 0-${MAX_BUSY_POLL_US}; 0 sleeps at once`, ...withDefault(DEFAULT_BUSY_POLL_US), parse: intInRange(0, MAX_BUSY_POLL_US) } satisfies FlagSpec<number>,
+  keepCaps: { name: "keep-caps", help: "capabilities kept after set-up, on every thread (the rest are dropped and no_new_privs is set): auto (net_admin, plus sys_admin when held, for the CNI handler to enter pod namespaces, plus net_raw for iptables-legacy when --ip-masq or --forward-accept use it; a non-root daemon keeps what iptables needs ambient too), a comma list such as net_admin, or all to drop nothing", ...withDefault<KeepCaps>({ kind: "auto" }, (k) => k.kind), parse: parseKeepCaps } satisfies FlagSpec<KeepCaps>,
+  ipMasq: { name: "ip-masq", help: "pod traffic to addresses outside the cluster CIDR (static peers: this node's and every peer's subnet) leaves with the node's address: iptables MASQUERADE --random-fully in the chain VXMESH-POSTROUTING, skipping packets kube-proxy marked (0x4000); pod↔pod and node↔pod traffic keeps its addresses (--ip-masq=false: no NAT)", ...withDefault(true), isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  forwardAccept: { name: "forward-accept", help: "FORWARD accepts traffic from and to the cluster CIDR (chain VXMESH-FORWARD, jumped to first), so a FORWARD policy of DROP, as Docker sets, does not cut pod traffic (--forward-accept=false: leave FORWARD alone)", ...withDefault(true), isSwitch: true, parse: boolSwitch } satisfies FlagSpec<boolean>,
+  iptablesBackend: { name: "iptables-backend", help: "where --ip-masq and --forward-accept put their rules: auto (the back end the node's rules are in, as kube-proxy's iptables-wrapper decides; nft when there are none), nft or legacy", ...withDefault<BackendChoice>("auto"), parse: parseIptablesBackend } satisfies FlagSpec<BackendChoice>,
+  sourcePorts: { name: "source-ports", help: "UDP source ports VXLAN leaves from, one per flow hash bucket (entropy for underlay ECMP), 1-64", ...withDefault(8), parse: intInRange(1, 64) } satisfies FlagSpec<number>,
 };
 
 /** Notes for `vxmesh daemon --help` on where settings come from. */
@@ -159,8 +164,8 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
     if (v.keyFile === undefined) {
       return { ok: false, error: "--key-file is required for gossip (or give --peers FILE for static peers): the gossip keyring, from `vxmesh keygen`" };
     }
-    const clusterCidr = v.clusterCidr ?? DEFAULT_CLUSTER_CIDR;
-    const subnetLen = v.subnetLen ?? 24;
+    const clusterCidr = v.clusterCidr ?? daemonFlags.clusterCidr.default;
+    const subnetLen = v.subnetLen ?? daemonFlags.subnetLen.default;
     if (subnetLen < clusterCidr.prefixLen) {
       return { ok: false, error: `${show("subnetLen", String(subnetLen))} is shorter than the prefix of ${show("clusterCidr", formatSubnet(clusterCidr))}: expected ${clusterCidr.prefixLen} to 30` };
     }
@@ -168,8 +173,9 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
       return { ok: false, error: `${show("subnet", formatSubnet(v.subnet))} is not inside ${show("clusterCidr", formatSubnet(clusterCidr))}` };
     }
     source = {
-      kind: "gossip", keyFile: v.keyFile, join: v.join ?? [], gossipPort: v.gossipPort ?? 7946, clusterCidr, subnetLen,
-      subnet: v.subnet, claimWaitMs: (v.claimWait ?? 30) * 1000,
+      kind: "gossip", keyFile: v.keyFile, join: v.join ?? [], gossipPort: v.gossipPort ?? daemonFlags.gossipPort.default, clusterCidr, subnetLen,
+      subnet: v.subnet, claimWaitMs: (v.claimWait ?? daemonFlags.claimWait.default) * 1000,
+      profile: v.gossipProfile ?? daemonFlags.gossipProfile.default,
     };
   }
   return {
@@ -178,25 +184,25 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
       nodeName,
       underlayIp: v.underlayIp as Ipv4,
       source,
-      vni: v.vni ?? (1 as Vni),
-      vxlanPort: v.vxlanPort ?? VXLAN_DEFAULT_PORT,
-      tap: v.tap ?? "vxmesh0",
+      vni: v.vni ?? daemonFlags.vni.default,
+      vxlanPort: v.vxlanPort ?? daemonFlags.vxlanPort.default,
+      tap: v.tap ?? daemonFlags.tap.default,
       vtepMac: v.vtepMac ?? vtepMacFor(nodeName),
       mtu: v.mtu,
-      runDir: v.runDir ?? "/run/vxmesh",
-      stateDir: v.stateDir ?? "/var/lib/vxmesh",
-      metricsAddr: v.metricsAddr === "off" ? undefined : (v.metricsAddr ?? { host: "127.0.0.1", port: 9464 }),
-      logLevel: v.logLevel ?? "info",
-      logFormat: v.logFormat ?? "auto",
-      batch: v.batch ?? 64,
-      sourcePorts: v.sourcePorts ?? 8,
-      offload: v.offload ?? true,
-      busyPoll: v.busyPoll ?? DEFAULT_BUSY_POLL_US,
+      runDir: v.runDir ?? daemonFlags.runDir.default,
+      stateDir: v.stateDir ?? daemonFlags.stateDir.default,
+      metricsAddr: v.metricsAddr === "off" ? undefined : (v.metricsAddr ?? daemonFlags.metricsAddr.default),
+      logLevel: v.logLevel ?? daemonFlags.logLevel.default,
+      logFormat: v.logFormat ?? daemonFlags.logFormat.default,
+      batch: v.batch ?? daemonFlags.batch.default,
+      sourcePorts: v.sourcePorts ?? daemonFlags.sourcePorts.default,
+      offload: v.offload ?? daemonFlags.offload.default,
+      busyPoll: v.busyPoll ?? daemonFlags.busyPoll.default,
       serviceCidrs: (v.serviceCidr ?? []).map((subnet) => ({ subnet, label: `service CIDR ${formatSubnet(subnet)} (${describeOrigin("service-cidr", o.serviceCidr)})` })),
-      keepCaps: v.keepCaps ?? { kind: "auto" },
-      ipMasq: v.ipMasq ?? true,
-      forwardAccept: v.forwardAccept ?? true,
-      iptablesBackend: v.iptablesBackend ?? "auto",
+      keepCaps: v.keepCaps ?? daemonFlags.keepCaps.default,
+      ipMasq: v.ipMasq ?? daemonFlags.ipMasq.default,
+      forwardAccept: v.forwardAccept ?? daemonFlags.forwardAccept.default,
+      iptablesBackend: v.iptablesBackend ?? daemonFlags.iptablesBackend.default,
     },
   };
 }
@@ -261,10 +267,8 @@ export function loadDaemonSettings(
   return parse(argv, env, layer);
 }
 
-const DEFAULT_CLUSTER_CIDR: Subnet = { family: 4, network: 0x0af40000 as Ipv4, prefixLen: 16 };
-
 /** "127.0.0.1:9464", or "off". */
-export function parseListenAddr(text: string): Parsed<{ host: string; port: number } | "off"> {
+function parseListenAddr(text: string): Parsed<{ host: string; port: number } | "off"> {
   if (text === "off") return { ok: true, value: "off" };
   const m = /^(.+):(\d{1,5})$/.exec(text);
   const ip = m === null ? undefined : parseIpv4(m[1] as string);
@@ -276,7 +280,7 @@ export function parseListenAddr(text: string): Parsed<{ host: string; port: numb
 }
 
 /** "10.96.0.0/12,10.97.0.0/16". */
-export function parseCidrList(text: string): Parsed<Subnet[]> {
+function parseCidrList(text: string): Parsed<Subnet[]> {
   const out: Subnet[] = [];
   for (const part of text.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
     const s = parseSubnet(part);
@@ -286,19 +290,19 @@ export function parseCidrList(text: string): Parsed<Subnet[]> {
   return out.length > 0 ? { ok: true, value: out } : { ok: false, error: "at least one IPv4 CIDR such as 10.96.0.0/12" };
 }
 
-/** "192.0.2.11:7946,192.0.2.12" (the port defaults to 7946). */
-export function parseJoinList(text: string): Parsed<GossipAddress[]> {
+/** "192.0.2.11:7946,192.0.2.12" (the port defaults to --gossip-port's default, 7946). */
+function parseJoinList(text: string): Parsed<GossipAddress[]> {
   const out: GossipAddress[] = [];
   for (const part of text.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
     const [host = "", portText] = part.split(":");
     const ip = parseIpv4(host);
-    const port = portText === undefined ? 7946 : Number(portText);
+    const port = portText === undefined ? daemonFlags.gossipPort.default : Number(portText);
     if (!ip.ok || !Number.isInteger(port) || port < 1 || port > 65535 || (portText !== undefined && !/^\d+$/.test(portText))) {
-      return { ok: false, error: "a comma-separated list of IPv4:PORT such as 192.0.2.11:7946 (the port defaults to 7946)" };
+      return { ok: false, error: `a comma-separated list of IPv4:PORT such as 192.0.2.11:${daemonFlags.gossipPort.default} (the port defaults to ${daemonFlags.gossipPort.default})` };
     }
     out.push({ ip: ip.value, port });
   }
-  return out.length > 0 ? { ok: true, value: out } : { ok: false, error: "at least one IPv4:PORT such as 192.0.2.11:7946" };
+  return out.length > 0 ? { ok: true, value: out } : { ok: false, error: `at least one IPv4:PORT such as 192.0.2.11:${daemonFlags.gossipPort.default}` };
 }
 
 /**

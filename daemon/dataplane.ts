@@ -7,10 +7,13 @@ import { Forwarder } from "../encap/forwarder";
 import type { Peer } from "../encap/fdb";
 import { loadNative, type NativeShim } from "../encap/native";
 import { TUN_F_CSUM, TUN_F_TSO4 } from "../encap/offload";
+import { offloadBatches } from "../encap/offload-core";
 import { formatIpv4, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
 import { HostPlumbing, diffPeers, type ActualNeighbour, type ActualRoute, type PeerPlan, type PlumbingError, type PlumbingSummary } from "../control/host-plumbing";
 import { KernelWatch } from "../control/kernel-watch";
+import { CleanupStack } from "./cleanup-stack";
 import type { Logger } from "./log";
+import type { ChangeTrigger, KernelChanges } from "./status";
 import { StartupError } from "./startup-error";
 import type { KernelFacts } from "./trace";
 import type { BatchHistogram, PeerTraffic } from "../encap/counters";
@@ -18,8 +21,6 @@ import type { BatchHistogram, PeerTraffic } from "../encap/counters";
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 /** How often the kernel state (routes, neighbours; iptables rules too) is re-checked against what the daemon wants. */
 export const RECONCILE_INTERVAL_MS = 10_000;
-/** Super-frames per TAP read burst and GRO runs per recvmmsg (each up to 64 KB). */
-const OFFLOAD_BATCHES = { tapBatch: 64, rxBatch: 16 };
 
 export interface DataPlaneOptions {
   underlayIp: Ipv4;
@@ -33,14 +34,6 @@ export interface DataPlaneOptions {
   offload: boolean;
   busyPollUs: number;
 }
-
-/** Kernel changes made, cumulative: what a change of peers or subnet asked for, and repairs of drift. */
-export interface KernelChanges {
-  route: { added: number; removed: number };
-  neighbour: { added: number; replaced: number; removed: number };
-}
-
-export type ChangeTrigger = "change" | "repair";
 
 function noChanges(): KernelChanges {
   return { route: { added: 0, removed: 0 }, neighbour: { added: 0, replaced: 0, removed: 0 } };
@@ -56,19 +49,15 @@ export class DataPlane {
   private constructor(
     readonly tapName: string,
     readonly mtu: number,
+    private readonly vtepMac: MacAddr,
     private readonly forwarder: Forwarder,
     private readonly plumbing: HostPlumbing,
-    private readonly undo: () => Promise<void>,
+    private readonly cleanups: CleanupStack,
   ) {}
 
   static async start(o: DataPlaneOptions, log: Logger): Promise<DataPlane> {
     const native = loadNative();
-    const cleanups: (() => Promise<void> | void)[] = [];
-    const undo = async (): Promise<void> => {
-      for (const fn of cleanups.splice(0).reverse()) {
-        try { await fn(); } catch (err) { log.warn({ err }, "cleanup step failed"); }
-      }
-    };
+    const cleanups = new CleanupStack(log);
     try {
       const tap = openTap(native, o.tap, o.offload);
       cleanups.push(() => native.close(tap.fd));
@@ -99,10 +88,10 @@ export class DataPlane {
       const forwarder = await Forwarder.start({
         tapFd: tap.fd, udpFd, sendFds, peers: [],
         core: { vni: o.vni, port: o.vxlanPort, mtu: o.mtu, batch: o.batch, sourcePorts: o.sourcePorts },
-        offload: o.offload ? OFFLOAD_BATCHES : undefined, busyPollUs: o.busyPollUs,
+        offload: o.offload ? offloadBatches(o.batch) : undefined, busyPollUs: o.busyPollUs,
       });
       cleanups.push(() => forwarder.stop());
-      const dp = new DataPlane(tap.name, o.mtu, forwarder, plumbing, undo);
+      const dp = new DataPlane(tap.name, o.mtu, o.vtepMac, forwarder, plumbing, cleanups);
       const repair = (): void => {
         void dp.reconcile().then((sum) => {
           if (sum.routesAdded + sum.routesRemoved + sum.neighboursSet + sum.neighboursRemoved > 0) {
@@ -118,16 +107,16 @@ export class DataPlane {
       cleanups.push(() => clearInterval(periodic));
       return dp;
     } catch (err) {
-      await undo();
+      await cleanups.unwind();
       throw err;
     }
   }
 
   /** Gives the TAP the node subnet's network address (/32); undefined removes it. */
-  setSubnet(subnet: Subnet | undefined, vtepMac: MacAddr): Promise<void> {
+  setSubnet(subnet: Subnet | undefined): Promise<void> {
     return this.serial(async () => {
       this.subnet = subnet;
-      await this.plumbing.configureTap({ ifname: this.tapName, mac: vtepMac, mtu: this.mtu, address: subnet?.network });
+      await this.plumbing.configureTap({ ifname: this.tapName, mac: this.vtepMac, mtu: this.mtu, address: subnet?.network });
       // Changing the address can take routes through the TAP with it: put them back.
       await this.tracked("change", () => this.plumbing.setPeers(this.tapName, this.peers.map(toRoute)));
     });
@@ -223,7 +212,7 @@ export class DataPlane {
 
   /** Removes everything: forwarder stopped, routes, neighbours and address removed, TAP closed. */
   stop(): Promise<void> {
-    return this.queue.then(() => this.undo(), () => this.undo());
+    return this.queue.then(() => this.cleanups.unwind(), () => this.cleanups.unwind());
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {

@@ -90,7 +90,7 @@ export async function runDemo(argv: string[]): Promise<number> {
 }
 
 /** Runs iperf3 between two pods; returns Gbit/s received, or undefined if it failed. */
-export async function iperfTcp(lab: Lab, client: LabPod, server: LabPod, seconds: number, streams = 1): Promise<number | undefined> {
+async function iperfTcp(lab: Lab, client: LabPod, server: LabPod, seconds: number, streams = 1): Promise<number | undefined> {
   const srv = lab.spawn(server, ["iperf3", "-s", "-1", "-B", server.ip]);
   srv.stdout?.resume();
   srv.stderr?.resume();

@@ -218,7 +218,7 @@ function checkKeyFile(config: DaemonConfig): CheckResult {
 }
 
 /** Runs every check; never changes the host. */
-export async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<CheckResult[]> {
+async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<CheckResult[]> {
   const results: CheckResult[] = [];
   const settings = loadDaemonSettings(argv, env, parseDaemonSettings);
   let config: DaemonConfig | undefined;

@@ -11,6 +11,11 @@ export interface FlagSpec<T> {
   readonly help: string;
   /** Shown in --help; undefined with `required` means the flag must be given. */
   readonly defaultText?: string;
+  /**
+   * The value when the flag is set nowhere, where it is one value: spread `withDefault(value)`
+   * into the spec, so `defaultText` is derived from it, and apply it as `?? spec.default`.
+   */
+  readonly default?: T;
   readonly required?: boolean;
   /** A boolean switch takes no value. */
   readonly isSwitch?: boolean;
@@ -20,6 +25,11 @@ export interface FlagSpec<T> {
 }
 
 export type FlagSpecs = Record<string, FlagSpec<unknown>>;
+
+/** A flag's default, typed once: the value, and its text for --help derived from it. */
+export function withDefault<T>(value: T, text: (value: T) => string = String): { readonly default: T; readonly defaultText: string } {
+  return { default: value, defaultText: text(value) };
+}
 
 export type FlagValues<S extends FlagSpecs> = {
   [K in keyof S]: S[K] extends FlagSpec<infer T> ? T | undefined : never;
@@ -37,10 +47,6 @@ export type Origin =
 export interface FileLayer {
   readonly file: string;
   readonly settings: ReadonlyMap<string, { text: string; key: string; line: number | undefined }>;
-}
-
-export class UsageError extends Error {
-  override readonly name = "UsageError";
 }
 
 export function envName(flag: string): string {

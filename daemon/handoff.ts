@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { writeFileAtomic } from "./atomic-file";
 import { formatIpv4, formatSubnet, subnetAddress, type Subnet } from "../encap/types";
 
-export const SUBNET_ENV_FILE = "subnet.env";
+const SUBNET_ENV_FILE = "subnet.env";
 export const NETWORK_JSON_FILE = "network.json";
 
 export interface Handoff {

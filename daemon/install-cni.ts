@@ -22,20 +22,20 @@ import { CONTROL_SOCKET_NAME } from "./control-socket";
 import { anyText, boolSwitch, describeOrigin, formatHelp, parseFlags } from "./flags";
 import { NETWORK_JSON_FILE } from "./handoff";
 import { formatIpv4, formatSubnet, parseIpv4, parseSubnet, subnetAddress, subnetContains, type Parsed } from "../encap/types";
-import { SHIM_NAME, shimBinaryPath } from "../cni/paths";
+import { SHIM_NAME, shimBinaryPath } from "../encap/artefacts";
 import { SUPPORTED_VERSIONS, validName } from "../cni/spec";
 
 /** The conflist's cniVersion by default: the newest that libcni 1.0 and 1.1 parse. */
-export const DEFAULT_CONFLIST_VERSION = "1.0.0";
+const DEFAULT_CONFLIST_VERSION = "1.0.0";
 /** The reference plugin chained for hostPorts (runtimeConfig portMappings), when installed. */
-export const PORTMAP_PLUGIN = "portmap";
+const PORTMAP_PLUGIN = "portmap";
 /** The reference plugins `--plugin bridge` configures. */
-export const BRIDGE_PLUGIN = "bridge";
-export const HOST_LOCAL_PLUGIN = "host-local";
+const BRIDGE_PLUGIN = "bridge";
+const HOST_LOCAL_PLUGIN = "host-local";
 /** --plugin bridge defaults: the bridge's name (as flannel's and kubenet's), host-local's own data dir. */
-export const DEFAULT_BRIDGE_NAME = "cni0";
-export const DEFAULT_IPAM_DATA_DIR = "/var/lib/cni/networks";
-export const DEFAULT_WAIT_MS = 60_000;
+const DEFAULT_BRIDGE_NAME = "cni0";
+const DEFAULT_IPAM_DATA_DIR = "/var/lib/cni/networks";
+const DEFAULT_WAIT_MS = 60_000;
 const MAX_WAIT_MS = 3_600_000;
 
 export type PluginMode = "vxmesh" | "bridge";
@@ -99,7 +99,7 @@ const BRIDGE_ONLY_FLAGS = ["bridgeName", "ipamDataDir", "wait"] as const;
  * (podman --ip/--mac-address, and what `podman network reload` passes to keep an address);
  * portmap, when chained, for `portMappings` (hostPort).
  */
-export function conflist(o: { networkName: string; controlSocket: string; stateDir: string; cniVersion?: string; portmap?: boolean }): Record<string, unknown> {
+function conflist(o: { networkName: string; controlSocket: string; stateDir: string; cniVersion?: string; portmap?: boolean }): Record<string, unknown> {
   return {
     cniVersion: o.cniVersion ?? DEFAULT_CONFLIST_VERSION,
     cniVersions: [...SUPPORTED_VERSIONS],

@@ -6,7 +6,7 @@ import { formatSubnet, parseSubnet } from "../encap/types";
 import type { Lease } from "../control/subnet-allocator";
 import { writeFileAtomic } from "./atomic-file";
 
-export const LEASE_FILE = "lease.json";
+const LEASE_FILE = "lease.json";
 
 export function readLease(stateDir: string): Lease | null {
   let text: string;

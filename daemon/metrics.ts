@@ -2,12 +2,87 @@
 // format 0.0.4, built from the daemon's status on each scrape: nothing is kept twice.
 
 import * as http from "node:http";
-import type { BatchHistogram } from "../encap/counters";
-import type { DaemonStatus } from "./daemon";
+import { COUNTER_NAMES, Counter, type BatchHistogram } from "../encap/counters";
+import type { DaemonStatus } from "./status";
 
 export interface MetricsAddress {
   host: string;
   port: number;
+}
+
+/** The families forwarder counters are exported in, with their help text. */
+const COUNTER_FAMILIES = {
+  vxmesh_tap_frames_total: "Frames read from and written to the TAP.",
+  vxmesh_tap_bytes_total: "Bytes read from and written to the TAP.",
+  vxmesh_underlay_datagrams_total: "VXLAN datagrams received from and sent to the underlay.",
+  vxmesh_underlay_bytes_total: "VXLAN bytes received from and sent to the underlay.",
+  vxmesh_drops_total: "Frames and datagrams dropped, by reason.",
+  vxmesh_forwarder_batches_total: "Forwarder wake-ups that moved traffic, by source (frames ÷ batches = batch size).",
+  vxmesh_forwarder_wakeups_total: "Forwarder wake-ups that found traffic: while busy-polling (--busy-poll), or after sleeping in poll().",
+  vxmesh_offload_super_frames_total: "Fast path: TCP super-frames cut into segments (in) and merged (out).",
+} as const;
+
+export type CounterFamily = keyof typeof COUNTER_FAMILIES;
+
+/** One forwarder counter's sample: its family and its label set (as label text). */
+export interface CounterSample {
+  family: CounterFamily;
+  labels: string;
+}
+
+const sample = (family: CounterFamily, labels: string): CounterSample => ({ family, labels });
+const drop = (reason: string): CounterSample => sample("vxmesh_drops_total", `{reason="${reason}"}`);
+
+/**
+ * Where each forwarder counter (encap/counters.ts) is exported, keyed by the Counter enum's
+ * member names: a counter added or renamed there without its line here does not compile
+ * (a missing or an unknown property), so no family can silently read 0. The labels are
+ * spelled out, so renaming a counter never renames what dashboards see. Samples appear in
+ * their family in this order. null: shown by `vxmesh status` only, not exported.
+ */
+export const COUNTER_METRICS: { readonly [K in keyof typeof Counter]: CounterSample | null } = {
+  TapRxFrames: sample("vxmesh_tap_frames_total", '{direction="in"}'),
+  TapTxFrames: sample("vxmesh_tap_frames_total", '{direction="out"}'),
+  TapRxBytes: sample("vxmesh_tap_bytes_total", '{direction="in"}'),
+  TapTxBytes: sample("vxmesh_tap_bytes_total", '{direction="out"}'),
+  UdpRxDatagrams: sample("vxmesh_underlay_datagrams_total", '{direction="in"}'),
+  UdpTxDatagrams: sample("vxmesh_underlay_datagrams_total", '{direction="out"}'),
+  UdpRxBytes: sample("vxmesh_underlay_bytes_total", '{direction="in"}'),
+  UdpTxBytes: sample("vxmesh_underlay_bytes_total", '{direction="out"}'),
+  TapReadBatches: sample("vxmesh_forwarder_batches_total", '{source="tap"}'),
+  UdpRecvBatches: sample("vxmesh_forwarder_batches_total", '{source="underlay"}'),
+  WakeupsBusyPoll: sample("vxmesh_forwarder_wakeups_total", '{how="busy_poll"}'),
+  WakeupsSleep: sample("vxmesh_forwarder_wakeups_total", '{how="sleep"}'),
+  TapRxSuperFrames: sample("vxmesh_offload_super_frames_total", '{direction="in"}'),
+  TapTxSuperFrames: sample("vxmesh_offload_super_frames_total", '{direction="out"}'),
+  // Reads from the underlay socket (the kernel's Udp InDatagrams) and UDP_GRO runs received:
+  // diagnostics for `vxmesh status`; the batch-size histogram covers reads per wake-up.
+  UdpRxReads: null,
+  UdpRxGroRuns: null,
+  DropRunt: drop("runt"),
+  DropMissingIFlag: drop("missing_iflag"),
+  DropReservedBits: drop("reserved_bits"),
+  DropWrongVni: drop("wrong_vni"),
+  DropUnknownVtep: drop("unknown_vtep"),
+  DropSpoofedSource: drop("spoofed_source"),
+  DropUnsupportedInner: drop("unsupported_inner"),
+  DropTruncated: drop("truncated"),
+  DropNoRoute: drop("no_route"),
+  DropGroupDestination: drop("group_destination"),
+  DropTapQueueFull: drop("tap_queue_full"),
+  DropUdpQueueFull: drop("udp_queue_full"),
+  DropSendError: drop("send_error"),
+  DropTapWriteError: drop("tap_write_error"),
+  DropBadOffload: drop("bad_offload"),
+};
+
+/** A family's samples from the status' counters (keyed by COUNTER_NAMES), in COUNTER_METRICS order. */
+function counterSamples(counters: Readonly<Record<string, number>>, family: CounterFamily): [string, number][] {
+  const out: [string, number][] = [];
+  for (const [name, m] of Object.entries(COUNTER_METRICS) as [keyof typeof Counter, CounterSample | null][]) {
+    if (m?.family === family) out.push([m.labels, counters[COUNTER_NAMES[Counter[name]] as string] ?? 0]);
+  }
+  return out;
 }
 
 /** Renders the status as Prometheus text. Pure, for tests. */
@@ -25,22 +100,14 @@ export function renderMetrics(s: DaemonStatus): string {
       out.push(`${name}_sum${labelText(labels)} ${h.sum}`, `${name}_count${labelText(labels)} ${h.count}`);
     }
   };
-  const c = s.counters;
-  const n = (k: string): number => c[k] ?? 0;
-  family("vxmesh_tap_frames_total", "counter", "Frames read from and written to the TAP.", [
-    ['{direction="in"}', n("tap_rx_frames")], ['{direction="out"}', n("tap_tx_frames")]]);
-  family("vxmesh_tap_bytes_total", "counter", "Bytes read from and written to the TAP.", [
-    ['{direction="in"}', n("tap_rx_bytes")], ['{direction="out"}', n("tap_tx_bytes")]]);
-  family("vxmesh_underlay_datagrams_total", "counter", "VXLAN datagrams received from and sent to the underlay.", [
-    ['{direction="in"}', n("udp_rx_datagrams")], ['{direction="out"}', n("udp_tx_datagrams")]]);
-  family("vxmesh_underlay_bytes_total", "counter", "VXLAN bytes received from and sent to the underlay.", [
-    ['{direction="in"}', n("udp_rx_bytes")], ['{direction="out"}', n("udp_tx_bytes")]]);
-  family("vxmesh_drops_total", "counter", "Frames and datagrams dropped, by reason.",
-    Object.entries(c).filter(([k]) => k.startsWith("drop_")).map(([k, v]) => [`{reason="${k.slice(5)}"}`, v]));
-  family("vxmesh_forwarder_batches_total", "counter", "Forwarder wake-ups that moved traffic, by source (frames ÷ batches = batch size).", [
-    ['{source="tap"}', n("tap_read_batches")], ['{source="underlay"}', n("udp_recv_batches")]]);
-  family("vxmesh_forwarder_wakeups_total", "counter", "Forwarder wake-ups that found traffic: while busy-polling (--busy-poll), or after sleeping in poll().", [
-    ['{how="busy_poll"}', n("wakeups_busy_poll")], ['{how="sleep"}', n("wakeups_sleep")]]);
+  const counterFamily = (name: CounterFamily): void => family(name, "counter", COUNTER_FAMILIES[name], counterSamples(s.counters, name));
+  counterFamily("vxmesh_tap_frames_total");
+  counterFamily("vxmesh_tap_bytes_total");
+  counterFamily("vxmesh_underlay_datagrams_total");
+  counterFamily("vxmesh_underlay_bytes_total");
+  counterFamily("vxmesh_drops_total");
+  counterFamily("vxmesh_forwarder_batches_total");
+  counterFamily("vxmesh_forwarder_wakeups_total");
   if (s.batchSizes !== undefined) {
     histogram("vxmesh_forwarder_batch_size", "Entries per forwarder read: frames (or super-frames) from the TAP, datagrams (or GRO runs) from the underlay.", [
       [{ source: "tap" }, s.batchSizes.tap], [{ source: "underlay" }, s.batchSizes.underlay]]);
@@ -58,8 +125,7 @@ export function renderMetrics(s: DaemonStatus): string {
     [labelText({ peer, direction: "out" }), t.txFrames], [labelText({ peer, direction: "in" }), t.rxFrames]] as [string, number][]));
   family("vxmesh_peer_bytes_total", "counter", "Inner bytes encapsulated for (out) and accepted from (in) each peer.", traffic.flatMap(([peer, t]) => [
     [labelText({ peer, direction: "out" }), t.txBytes], [labelText({ peer, direction: "in" }), t.rxBytes]] as [string, number][]));
-  family("vxmesh_offload_super_frames_total", "counter", "Fast path: TCP super-frames cut into segments (in) and merged (out).", [
-    ['{direction="in"}', n("tap_rx_super_frames")], ['{direction="out"}', n("tap_tx_super_frames")]]);
+  counterFamily("vxmesh_offload_super_frames_total");
   family("vxmesh_peers", "gauge", "Peers the data plane forwards to.", [["", s.peers.length]]);
   family("vxmesh_ready", "gauge", "1 when the node has a confirmed subnet and forwards.", [["", s.ready ? 1 : 0]]);
   const g = s.gossip as GossipStatus | undefined;

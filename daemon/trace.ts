@@ -156,7 +156,7 @@ function seconds(ms: number): number {
 const PROTOCOL_NAMES: Record<number, string> = { 2: "kernel", 3: "boot", 4: "static", 16: "dhcp", [VXMESH_RTPROT]: String(VXMESH_RTPROT) };
 const TYPE_NAMES: Record<number, string> = { 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw" };
 
-export function describeLookup(r: RouteLookup): string {
+function describeLookup(r: RouteLookup): string {
   const type = r.type === 1 ? "" : `${TYPE_NAMES[r.type] ?? `type ${r.type}`} `;
   const dst = r.dst.prefixLen === 0 ? "default" : formatSubnet(r.dst);
   const parts = [`${type}${dst}`];

@@ -21,13 +21,6 @@ export const sumJs: SumFn = (slab, off, len, initial) => {
  */
 export type SumManyFn = (slab: Uint8Array, offs: Uint32Array, lens: Uint32Array, sums: Uint32Array, count: number) => void;
 
-/** A SumManyFn made of a SumFn, for tests and as the reference. */
-export function sumManyWith(sum: SumFn): SumManyFn {
-  return (slab, offs, lens, sums, count) => {
-    for (let i = 0; i < count; i++) sums[i] = sum(slab, offs[i] as number, lens[i] as number, sums[i] as number);
-  };
-}
-
 /** Reusable span lists for a SumManyFn: fill with add(), run, read sums[i]. */
 export class ChecksumSpans {
   readonly offs: Uint32Array;

@@ -108,7 +108,7 @@ const PEER_BASE = HISTOGRAM_BASE + 2 * HISTOGRAM_WIDTH;
  */
 export const PEER_SLOTS = 1024;
 
-export const COUNTER_BUFFER_LENGTH = PEER_BASE + PEER_SLOTS * PEER_COUNTER_WIDTH;
+const COUNTER_BUFFER_LENGTH = PEER_BASE + PEER_SLOTS * PEER_COUNTER_WIDTH;
 
 /** A counter view of the full layout, for tests and single-threaded use. */
 export function newCounterView(): Float64Array {

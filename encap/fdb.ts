@@ -36,8 +36,6 @@ export class ForwardingTable {
     readonly peers: readonly Peer[],
   ) {}
 
-  static readonly empty = new ForwardingTable(new Map(), new Map(), []);
-
   /**
    * Builds a table; returns an error when two peers share a VTEP MAC or an underlay address,
    * since either would make forwarding ambiguous. `slots[i]` is peer i's traffic counter slot

@@ -1,8 +1,7 @@
 // The daemon's handle on the forwarder thread.
 
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { Worker } from "node:worker_threads";
+import { workerScript } from "./artefacts";
 import {
   BatchSource, newCounterBuffer, resetPeerTraffic, snapshotBatchHistogram, snapshotCounters, snapshotPeerTraffic,
   type BatchHistogram, type PeerTraffic,
@@ -10,41 +9,16 @@ import {
 import { ForwardingTable, type Peer } from "./fdb";
 import { PeerSlots } from "./peer-slots";
 import type { ForwarderCoreOptions } from "./forwarder-core";
+import type { FromForwarder, ToForwarder } from "./batch-io";
+import type { NativeIoFds } from "./batch-io-native";
+import type { ForwarderLoopOptions } from "./forwarder-loop";
 import { loadNative } from "./native";
+import type { OffloadSettings } from "./offload-core";
 
-export interface ForwarderWorkerData {
-  tapFd: number;
-  /** The socket bound to the VXLAN port: everything is received here. */
-  udpFd: number;
-  /** Sockets datagrams are sent from, one per source port (core.sourcePorts of them). */
-  sendFds: readonly number[];
-  wakeFd: number;
+/** What the forwarder thread starts with: its descriptors (one send socket per core.sourcePorts), the loop's settings, the counters. */
+export interface ForwarderWorkerData extends NativeIoFds, ForwarderLoopOptions {
   counters: SharedArrayBuffer;
-  core: ForwarderCoreOptions;
-  /** Present when the TAP speaks virtio-net headers with TSO and the socket has UDP_GRO. */
-  offload: OffloadSettings | undefined;
-  /** µs to keep polling without sleeping after traffic; 0 sleeps at once. */
-  busyPollUs: number;
-  peers: readonly Peer[];
-  /** Traffic counter slot of each of `peers`. */
-  slots: readonly number[];
 }
-
-export interface OffloadSettings {
-  /** TAP reads (up to 64 KB super-frames) per wake. */
-  tapBatch: number;
-  /** recvmmsg entries (up to 64 KB GRO runs) per wake. */
-  rxBatch: number;
-}
-
-export type ToWorker =
-  | { type: "stop" }
-  | { type: "peers"; generation: number; peers: readonly Peer[]; slots: readonly number[] };
-
-type FromWorker =
-  | { type: "ready" }
-  | { type: "stopped" }
-  | { type: "peers-applied"; generation: number; error?: string };
 
 export interface ForwarderOptions {
   tapFd: number;
@@ -74,7 +48,7 @@ export class Forwarder {
     initial: readonly Peer[],
   ) {
     this.appliedNames = new Set(initial.map((p) => p.name));
-    worker.on("message", (msg: FromWorker) => {
+    worker.on("message", (msg: FromForwarder) => {
       if (msg.type === "peers-applied") {
         const names = this.sentNames.get(msg.generation);
         if (msg.error === undefined && names !== undefined) this.appliedNames = names;
@@ -97,10 +71,10 @@ export class Forwarder {
       tapFd: options.tapFd, udpFd: options.udpFd, sendFds: options.sendFds, wakeFd, counters, core: options.core,
       offload: options.offload, busyPollUs: options.busyPollUs ?? 0, peers: options.peers, slots: slots.assign(options.peers.map((p) => p.name), new Set()).slots,
     };
-    const worker = new Worker(workerScript(), { workerData: data });
+    const worker = new Worker(workerScript("encap", "forwarder-worker"), { workerData: data });
     const forwarder = new Forwarder(worker, wakeFd, new Float64Array(counters), slots, options.peers);
     await new Promise<void>((resolve, reject) => {
-      const onMessage = (msg: FromWorker): void => {
+      const onMessage = (msg: FromForwarder): void => {
         if (msg.type === "ready") { cleanup(); resolve(); }
       };
       const onError = (err: Error): void => { cleanup(); reject(err); };
@@ -171,15 +145,8 @@ export class Forwarder {
     loadNative().close(this.wakeFd);
   }
 
-  private send(msg: ToWorker): void {
+  private send(msg: ToForwarder): void {
     this.worker.postMessage(msg);
     loadNative().eventfdSignal(this.wakeFd);
   }
-}
-
-/** The compiled worker script; tests that import the TypeScript sources use the built copy. */
-function workerScript(): string {
-  const beside = path.join(__dirname, "forwarder-worker.js");
-  if (fs.existsSync(beside)) return beside;
-  return path.join(__dirname, "..", "dist", "encap", "forwarder-worker.js");
 }

@@ -8,8 +8,6 @@ export const ETH_HEADER_LEN = 14;
 export const ETHERTYPE_IPV4 = 0x0800;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
-export const ETHERTYPE_ARP = 0x0806;
-export const ETHERTYPE_IPV6 = 0x86dd;
 
 export function etherType(buf: Uint8Array, frameOff: number): number {
   return ((buf[frameOff + 12] as number) << 8) | (buf[frameOff + 13] as number);
@@ -25,20 +23,12 @@ export function dstMac(buf: Uint8Array, frameOff: number): number {
   return readMac(buf, frameOff);
 }
 
-export function srcMac(buf: Uint8Array, frameOff: number): number {
-  return readMac(buf, frameOff + 6);
-}
-
 /** Minimum bytes for an Ethernet frame carrying an IPv4 header without options. */
 export const MIN_IPV4_FRAME = ETH_HEADER_LEN + 20;
 
 /** IPv4 source address of the packet in an Ethernet frame (caller checked the ethertype and length). */
 export function ipv4Src(buf: Uint8Array, frameOff: number): number {
   return readU32(buf, frameOff + ETH_HEADER_LEN + 12);
-}
-
-export function ipv4Dst(buf: Uint8Array, frameOff: number): number {
-  return readU32(buf, frameOff + ETH_HEADER_LEN + 16);
 }
 
 /**

@@ -10,6 +10,8 @@
 // - Slabs are caller-owned Uint8Arrays; the shim reads/writes in place, never allocates per
 //   packet.
 
+import { nativeAddonPath } from "./artefacts";
+
 export interface TapOpenOptions {
   /** Ask for IFF_VNET_HDR (frames prefixed by a virtio_net_hdr). Default false. */
   vnetHdr?: boolean;
@@ -167,20 +169,7 @@ let cached: NativeShim | undefined;
 export function loadNative(): NativeShim {
   if (cached === undefined) {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    cached = require(nativePath()) as NativeShim;
+    cached = require(nativeAddonPath()) as NativeShim;
   }
   return cached;
-}
-
-function nativePath(): string {
-  // From dist/encap/native.js or encap/native.ts (tests) the build dir is at the package root.
-  const path = require("node:path") as typeof import("node:path");
-  const fs = require("node:fs") as typeof import("node:fs");
-  let dir = __dirname;
-  for (let i = 0; i < 4; i++) {
-    const candidate = path.join(dir, "build", "Release", "vxmesh_native.node");
-    if (fs.existsSync(candidate)) return candidate;
-    dir = path.dirname(dir);
-  }
-  throw new Error("vxmesh native shim not built: run `npm ci` (node-gyp builds build/Release/vxmesh_native.node)");
 }

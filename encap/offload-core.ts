@@ -1,4 +1,4 @@
-// Forwarding decisions of the fast path (DESIGN §3): the TAP speaks virtio-net headers with
+// Forwarding decisions of the fast path (docs/DESIGN.md §3): the TAP speaks virtio-net headers with
 // TSO, the underlay socket uses UDP_SEGMENT on send and UDP_GRO on receive. Like
 // ForwarderCore it does no I/O and allocates nothing per packet; everything lives in one slab
 // so payload moves with copyWithin.
@@ -9,6 +9,7 @@
 //   segment areas    tapBatch × segStride: a super-frame's segments as back-to-back datagrams
 //   receive slots    rxBatch × rxStride: a datagram or a UDP_GRO run of them
 
+import { NATIVE_BATCH_MAX } from "./batch-io";
 import { ChecksumSpans, pseudoHeaderSum, type SumManyFn } from "./checksum";
 import { readU16, writeU16 } from "./bytes";
 import { BatchSource, Counter, PeerCounter, countBatch } from "./counters";
@@ -48,6 +49,31 @@ const MERGE_TCP = 1;
 const MERGE_UDP = 2;
 /** Sends per super-frame we leave room for (a 64 KB frame at MSS ≥ 536 needs at most 3). */
 const SENDS_PER_FRAME = 4;
+
+/** The fast path's batch sizes. */
+export interface OffloadSettings {
+  /** TAP reads (up to 64 KB super-frames) per wake. */
+  tapBatch: number;
+  /** recvmmsg entries (up to 64 KB GRO runs) per wake. */
+  rxBatch: number;
+}
+
+/**
+ * The most TAP reads per wake: a read may become SENDS_PER_FRAME send entries, and one
+ * sendmmsg takes at most NATIVE_BATCH_MAX (more would be counted as a full queue).
+ */
+export const MAX_OFFLOAD_TAP_BATCH = NATIVE_BATCH_MAX / SENDS_PER_FRAME;
+/** The most GRO runs per recvmmsg: each slot holds 64 KB, so 16 are 1 MB of receive slab. */
+export const MAX_OFFLOAD_RX_BATCH = 16;
+
+/**
+ * The fast path's batches for `--batch n`: n TAP reads and n receive entries per wake, each up
+ * to MAX_OFFLOAD_TAP_BATCH and MAX_OFFLOAD_RX_BATCH (the default 64 gives 64 and 16).
+ */
+export function offloadBatches(batch: number): OffloadSettings {
+  const n = Math.max(1, Math.floor(batch));
+  return { tapBatch: Math.min(n, MAX_OFFLOAD_TAP_BATCH), rxBatch: Math.min(n, MAX_OFFLOAD_RX_BATCH) };
+}
 
 export class OffloadCore {
   readonly slab: Uint8Array;

@@ -1,4 +1,4 @@
-// Segmentation and coalescing for the fast path (DESIGN §3). With IFF_VNET_HDR and
+// Segmentation and coalescing for the fast path (docs/DESIGN.md §3). With IFF_VNET_HDR and
 // TUNSETOFFLOAD the TAP hands us TCP super-frames of up to 64 KB, each behind a
 // virtio_net_hdr; we cut them into MSS-sized segments laid out back to back as VXLAN datagrams
 // (sent with one UDP_SEGMENT sendmsg). On receive, UDP_GRO hands us runs of datagrams; we

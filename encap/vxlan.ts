@@ -7,7 +7,7 @@
 import type { Vni } from "./types";
 
 export const VXLAN_HEADER_LEN = 8;
-export const VXLAN_FLAG_I = 0x08;
+const VXLAN_FLAG_I = 0x08;
 export const VXLAN_DEFAULT_PORT = 4789;
 /** The port Linux used before IANA assigned 4789; flannel still defaults to it. */
 export const VXLAN_LINUX_LEGACY_PORT = 8472;

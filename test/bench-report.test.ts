@@ -1,13 +1,11 @@
 // The bench's pure parts — statistics, the Markdown table, the SVG chart, the parsers of
-// /proc and ip output, fastd's config — and a short smoke run of the suite itself on the
-// kernel path (root only).
+// /proc and ip output, fastd's config. A short smoke run of the suite itself on the kernel
+// path (root, namespaces): test/bench-report-lab.test.ts.
 
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { cpus, tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { cpuPair } from "../daemon/bench-command";
-import { parseIpLinkStats, parseProcStatCpu, parseProcStatTicks, parseUdpDatagramsIn, parseVmRssKb, runSuite, runSucceeded, udpRates, writeResults } from "../bench/bench";
+import { parseIpLinkStats, parseProcStatCpu, parseProcStatTicks, parseUdpDatagramsIn, parseVmRssKb, udpRates } from "../bench/bench";
 import { fastdConfig, parseGeneratedKey } from "../bench/fastd";
 import {
   FIGURES,
@@ -25,6 +23,7 @@ import {
   type PathResult,
   type ScenarioName,
 } from "../bench/report";
+import { parseXml, type XmlElement } from "./xml";
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -102,67 +101,6 @@ function sampleResults(): BenchResults {
       }, { rtt: ["repetition 3: rtt client exited 1"] }),
     ],
   };
-}
-
-// ---------------------------------------------------------------------------------------------
-// A minimal XML well-formedness check: balanced tags, quoted attributes, escaped text.
-
-interface XmlElement {
-  name: string;
-  attrs: Record<string, string>;
-  children: XmlElement[];
-  text: string;
-}
-
-function parseXml(xml: string): XmlElement {
-  const root: XmlElement = { name: "#document", attrs: {}, children: [], text: "" };
-  const stack: XmlElement[] = [root];
-  const tagRe = /<([^>]*)>/g;
-  let pos = 0;
-  const checkText = (t: string): void => {
-    if (t.includes("<") || t.includes(">")) throw new Error(`raw angle bracket in text: ${t}`);
-    const amp = t.match(/&[^;\s]*;?/g) ?? [];
-    for (const a of amp) if (!/^&(amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);$/.test(a)) throw new Error(`bad entity ${a}`);
-  };
-  for (let m = tagRe.exec(xml); m !== null; m = tagRe.exec(xml)) {
-    const text = xml.slice(pos, m.index);
-    checkText(text);
-    (stack[stack.length - 1] as XmlElement).text += text;
-    pos = m.index + m[0].length;
-    const body = m[1] as string;
-    if (body.startsWith("?")) {
-      if (!body.endsWith("?") || stack.length !== 1) throw new Error(`bad processing instruction <${body}>`);
-      continue;
-    }
-    if (body.startsWith("/")) {
-      const name = body.slice(1).trim();
-      const open = stack.pop();
-      if (open === undefined || open.name !== name) throw new Error(`</${name}> closes <${open?.name ?? "nothing"}>`);
-      continue;
-    }
-    const selfClosing = body.endsWith("/");
-    const inner = selfClosing ? body.slice(0, -1) : body;
-    const nm = /^([A-Za-z_][\w:.-]*)/.exec(inner);
-    if (nm === null) throw new Error(`bad tag <${body}>`);
-    const attrs: Record<string, string> = {};
-    let rest = inner.slice((nm[1] as string).length);
-    const attrRe = /^\s+([A-Za-z_][\w:.-]*)="([^"<]*)"/;
-    for (let a = attrRe.exec(rest); a !== null; a = attrRe.exec(rest)) {
-      const key = a[1] as string;
-      if (key in attrs) throw new Error(`duplicate attribute ${key}`);
-      checkText(a[2] as string);
-      attrs[key] = a[2] as string;
-      rest = rest.slice(a[0].length);
-    }
-    if (rest.trim() !== "") throw new Error(`unparsed attribute text "${rest}" in <${body}>`);
-    const el: XmlElement = { name: nm[1] as string, attrs, children: [], text: "" };
-    (stack[stack.length - 1] as XmlElement).children.push(el);
-    if (!selfClosing) stack.push(el);
-  }
-  checkText(xml.slice(pos));
-  if (stack.length !== 1) throw new Error(`unclosed <${(stack[stack.length - 1] as XmlElement).name}>`);
-  if (root.children.length !== 1) throw new Error("expected exactly one root element");
-  return root.children[0] as XmlElement;
 }
 
 function all(el: XmlElement, pred: (e: XmlElement) => boolean): XmlElement[] {
@@ -400,68 +338,4 @@ describe("bench parsers", () => {
     expect(conf).toContain("mtu 1450;");
     expect(conf).toMatch(/peer "n2" \{\n {2}remote 192\.0\.2\.12:10000;\n {2}key "b{64}";\n\}/);
   });
-});
-
-const canRunLab = process.getuid?.() === 0;
-
-describe("bench runner smoke", () => {
-  it.skipIf(!canRunLab)("runs tcp1 and rtt on the kernel path and writes JSON, Markdown and SVG", async () => {
-    const lines: string[] = [];
-    const t0 = Date.now();
-    const results = await runSuite({ paths: ["kernel"], scenarios: ["tcp1", "rtt"], seconds: 1, repeat: 1, rttSamples: 500, progress: (l) => lines.push(l) });
-    console.log(`smoke: ${Date.now() - t0} ms\n${lines.join("\n")}`);
-    expect(runSucceeded(results)).toBe(true);
-    expect(results.schema).toBe("vxmesh-bench/1");
-    expect(results.machine.cores).toBeGreaterThan(0);
-    expect(results.machine.kernel).not.toBe("");
-    expect(results.machine.node).toBe(process.version);
-    expect(Number.isNaN(Date.parse(results.machine.date))).toBe(false);
-    expect(results.paths.map((p) => p.path)).toEqual(["kernel"]);
-    const k = results.paths[0] as PathResult;
-    expect(Object.keys(k.scenarios).sort()).toEqual(["rtt", "tcp1"]);
-    const tcp = k.scenarios.tcp1?.figures["gbps"];
-    expect(tcp?.values).toHaveLength(1);
-    expect(tcp?.median).toBeGreaterThan(0);
-    expect(k.scenarios.tcp1?.figures["cpu_pct"]).toBeUndefined(); // no userspace process on the kernel path
-    const p50 = k.scenarios.rtt?.figures["p50_us"]?.median ?? 0;
-    const p99 = k.scenarios.rtt?.figures["p99_us"]?.median ?? 0;
-    expect(p50).toBeGreaterThan(0);
-    expect(p99).toBeGreaterThanOrEqual(p50);
-    const same = k.scenarios.rtt?.figures["same_cpu_pct"]?.median;
-    expect(same).toBeGreaterThanOrEqual(0);
-    expect(same).toBeLessThanOrEqual(100);
-    expect(k.scenarios.rtt?.figures["cpu_pct"]).toBeUndefined();
-    expect(lines.some((l) => /^\[kernel\] tcp1 1\/1: [\d.]+ Gbit\/s/.test(l))).toBe(true);
-
-    const dir = mkdtempSync(join(tmpdir(), "vxmesh-bench-test-"));
-    try {
-      const files = writeResults(results, dir);
-      const back = JSON.parse(readFileSync(files.json, "utf8")) as BenchResults;
-      expect(back).toEqual(JSON.parse(JSON.stringify(results)));
-      expect(readFileSync(files.markdown, "utf8")).toContain("| tcp1 — one TCP stream | Gbit/s |");
-      expect(parseXml(readFileSync(files.svg, "utf8")).name).toBe("svg");
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }, 40_000);
-
-  it.skipIf(!canRunLab)("with --pod-cpus, pins each pod's processes to its CPU and records where they ran", async () => {
-    const last = cpus().length - 1;
-    const results = await runSuite({ paths: ["kernel"], scenarios: ["rtt"], seconds: 1, repeat: 1, rttSamples: 300, podCpus: [0, last], progress: () => {} });
-    expect(runSucceeded(results)).toBe(true);
-    expect(results.config.podCpus).toEqual([0, last]);
-    const same = results.paths[0]?.scenarios.rtt?.figures["same_cpu_pct"]?.median;
-    // Sampled from /proc/<pid>/stat of both pods' processes while the round trips ran.
-    expect(same).toBe(last === 0 ? 100 : 0);
-  }, 40_000);
-
-  it.skipIf(!canRunLab)("measures the daemons' CPU during the round trips of the vxmesh path", async () => {
-    const results = await runSuite({ paths: ["vxmesh"], scenarios: ["rtt"], seconds: 1, repeat: 1, rttSamples: 300, daemonArgs: ["--busy-poll", "0"], progress: () => {} });
-    expect(runSucceeded(results)).toBe(true);
-    const rtt = results.paths[0]?.scenarios.rtt?.figures;
-    expect(rtt?.["p50_us"]?.median).toBeGreaterThan(0);
-    // A daemon that sleeps between pings uses a sliver of one core (ticks are 10 ms, so 0 is possible).
-    expect(rtt?.["cpu_pct"]?.median).toBeGreaterThanOrEqual(0);
-    expect(rtt?.["cpu_pct"]?.median).toBeLessThan(50);
-  }, 60_000);
 });

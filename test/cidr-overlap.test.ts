@@ -2,10 +2,10 @@
 
 import { describe, expect, it } from "vitest";
 import {
-  describeHostRoute, hostRouteOverlapMessage, hostRouteOverlaps, serviceOverlaps, RT_TABLE_MAIN,
+  describeHostRoute, hostRouteOverlapMessage, hostRouteOverlaps, serviceOverlaps,
   type HostRoute, type LabelledCidr,
 } from "../control/cidr-overlap";
-import { VXMESH_RTPROT } from "../control/host-plumbing";
+import { RT_TABLE_MAIN, VXMESH_RTPROT } from "../control/netlink/constants";
 import { parseIpv4, parseSubnet, type Ipv4, type Subnet } from "../encap/types";
 
 function subnet(text: string): Subnet {

@@ -1,4 +1,4 @@
-// The `vxmesh` executable's refusals (DESIGN §6: "every bad value is rejected at start with a
+// The `vxmesh` executable's refusals (docs/DESIGN.md §6: "every bad value is rejected at start with a
 // message that names the setting, the value and what would be valid"): bad flags exit 2, start-up
 // problems an operator can fix exit 1, and a refused start leaves nothing behind — no TAP, no
 // route of protocol 118, no neighbour, no control socket.

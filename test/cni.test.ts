@@ -1,4 +1,4 @@
-// The CNI plugin driven exactly as a container runtime drives it (DESIGN §5, §7): the BUILT shim
+// The CNI plugin driven exactly as a container runtime drives it (docs/DESIGN.md §5, §7): the BUILT shim
 // build/Release/vxmesh-cni is exec'd with the CNI environment and the configuration on stdin,
 // in the node's network namespace; it talks over a real unix socket to the real CNI handler
 // (bench/cni-harness.ts: the daemon's listenControl and protocol) running in that namespace; pods are

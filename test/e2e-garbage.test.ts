@@ -1,6 +1,6 @@
 // End to end: the receive path under attack. Three real daemons; one node's namespace floods
 // another's VXLAN port with random and mutated datagrams while pods keep talking. Every datagram
-// of the flood that the kernel hands to the daemon's socket must be dropped and counted (DESIGN
+// of the flood that the kernel hands to the daemon's socket must be dropped and counted (docs/DESIGN.md
 // §3: "Receive drops anything that is not exactly ours and counts why; it never throws"), the
 // pods' traffic must not suffer, and the daemon must stay up. Then a namespace that is not a
 // peer sends perfectly valid-looking VXLAN: all of it is counted as drop_unknown_vtep.
@@ -21,7 +21,7 @@ const SEED = 0x5eed1234;
  *   argv: bindIp dstIp dstPort count burst pauseMs seed mode vni srcMac dstMac srcSubnet dstPodIp
  * mode "mixed": random and mutated datagrams, none of which may be accepted;
  * mode "valid": well-formed VXLAN (our VNI, inner IPv4 from srcSubnet), for a non-peer sender.
- * It classifies every datagram it sends with the receive rules of DESIGN §3 (its own copy, in
+ * It classifies every datagram it sends with the receive rules of docs/DESIGN.md §3 (its own copy, in
  * the order the forwarder checks them) and prints
  *   {"sent":N,"failed":F,"expected":{"<counter>":n,…},"ms":T,"startedAt":…,"endedAt":…}
  * Deterministic: a seeded PRNG (mulberry32) drives every choice.

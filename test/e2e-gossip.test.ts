@@ -29,10 +29,10 @@ import { Lab, waitFor } from "../bench/lab";
 import type { LabNode, LabPod } from "../bench/lab";
 import { generateKey, keyIdOf } from "../control/keyring";
 import { LAN_CONFIG, suspicionTimeout } from "../control/membership/config";
-import type { DaemonStatus } from "../daemon/daemon";
+import type { DaemonStatus } from "../daemon/status";
 
 // ---------------------------------------------------------------------------------------------
-// Protocol figures the assertions are derived from (memberlist's LAN defaults, DESIGN §4)
+// Protocol figures the assertions are derived from (memberlist's LAN defaults, docs/DESIGN.md §4)
 
 const PROBE_INTERVAL_MS = LAN_CONFIG.probeInterval;
 const PROBE_TIMEOUT_MS = LAN_CONFIG.probeTimeout;

@@ -1,5 +1,5 @@
 // End to end: a node running the kernel's own VXLAN device (programmed by the lab exactly as
-// DESIGN §1 draws it) and a node running a real `vxmesh daemon` are peers. The kernel is an
+// docs/DESIGN.md §1 draws it) and a node running a real `vxmesh daemon` are peers. The kernel is an
 // independent implementation of the wire format, so traffic flowing both ways proves that what
 // vxmesh sends decodes in the kernel and what the kernel sends decodes in vxmesh.
 

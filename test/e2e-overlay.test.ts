@@ -1,4 +1,4 @@
-// End to end through real vxmesh daemons in the network-namespace lab (DESIGN §7): pods on
+// End to end through real vxmesh daemons in the network-namespace lab (docs/DESIGN.md §7): pods on
 // different nodes reach each other by their own addresses, a TCP stream arrives byte-exact,
 // a node reaches remote pods from its TAP address, the underlay carries RFC 7348 VXLAN with
 // the configured VNI and port, the pod MTU holds end to end, and the forwarders drop nothing

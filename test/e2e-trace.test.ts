@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster, cliPath } from "../bench/cluster";
 import { Lab, execOk, waitFor, type ExecResult, type LabNode } from "../bench/lab";
-import type { DaemonStatus } from "../daemon/daemon";
+import type { DaemonStatus } from "../daemon/status";
 import type { TraceRecord } from "../daemon/trace";
 
 let lab: Lab;

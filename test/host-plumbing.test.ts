@@ -3,7 +3,7 @@
 // `ip netns exec`, because an rtnetlink socket belongs to the namespace of its opener).
 
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -155,7 +155,8 @@ function delNs(name: string): void {
 /** dist/ must hold a build at least as new as the sources the child loads. */
 function ensureBuilt(): void {
   const out = path.join(ROOT, "dist/control/host-plumbing.js");
-  const srcs = ["control/host-plumbing.ts", "encap/types.ts"].map((p) => path.join(ROOT, p));
+  const netlinkLayer = readdirSync(path.join(ROOT, "control/netlink")).filter((f) => f.endsWith(".ts")).map((f) => `control/netlink/${f}`);
+  const srcs = ["control/host-plumbing.ts", "control/serial.ts", "encap/types.ts", ...netlinkLayer].map((p) => path.join(ROOT, p));
   const stale =
     !existsSync(out) ||
     !existsSync(path.join(ROOT, "dist/encap/types.js")) ||

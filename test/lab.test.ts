@@ -1,5 +1,5 @@
 // Proves the network-namespace lab with nothing but the kernel's own VXLAN device: two
-// "kernel" nodes programmed the way DESIGN §1 draws the TAP must carry pod traffic as VXLAN
+// "kernel" nodes programmed the way docs/DESIGN.md §1 draws the TAP must carry pod traffic as VXLAN
 // with the configured VNI and port, and teardown must leave nothing behind.
 
 import { spawn as spawnChild, spawnSync } from "node:child_process";
@@ -112,7 +112,7 @@ describe("lab: two kernel-VXLAN nodes, VNI 1, port 4789", () => {
     expect(n1?.pods.map((p) => p.ip)).toEqual(["10.244.1.2", "10.244.1.3"]);
     expect(l.peersFor("n1")).toEqual([{ name: "n2", underlayIp: "192.0.2.12", subnet: "10.244.2.0/24", vtepMac: n2?.vtepMac }]);
 
-    // The kernel VXLAN device as DESIGN §1 draws it for the TAP.
+    // The kernel VXLAN device as docs/DESIGN.md §1 draws it for the TAP.
     const vx = await exec(n1!, ["ip", "-d", "-j", "link", "show", "vxmesh0"]);
     const info = (JSON.parse(vx.stdout) as Array<Record<string, unknown>>)[0] as Record<string, unknown>;
     expect(info["address"]).toBe(n1?.vtepMac);

@@ -1,14 +1,13 @@
 // Logs: pino JSON by default, readable lines on a terminal or when asked (--log-format).
 
 import { spawnSync } from "node:child_process";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { packageRoot } from "../bench/cluster";
+import { distPath } from "../encap/artefacts";
 import { parseDaemonConfig } from "../daemon/config";
 
 /** One log line from a child process whose stdout is a pipe (not a terminal), as under systemd. */
 function logLine(format: string): string {
-  const log = join(packageRoot(), "dist", "daemon", "log.js");
+  const log = distPath("daemon", "log.js");
   const r = spawnSync(process.execPath, ["-e", `require(${JSON.stringify(log)}).createLogger("info", "t", ${JSON.stringify(format)}).info({ peer: "n2" }, "hello")`],
     { encoding: "utf8", timeout: 20_000 });
   expect(r.status, r.stderr).toBe(0);

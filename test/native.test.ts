@@ -10,10 +10,11 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { Worker } from "node:worker_threads";
 import { waitFor } from "../bench/lab";
+import { nativeAddonPath } from "../encap/artefacts";
 import { loadNative } from "../encap/native";
 
 const shim = loadNative();
-const ADDON_PATH = path.resolve(__dirname, "..", "build", "Release", "vxmesh_native.node");
+const ADDON_PATH = nativeAddonPath();
 
 const LOOPBACK = 0x7f000001;
 const TRUNCATED = 0xffffffff;

@@ -1,4 +1,4 @@
-// vxmesh-cni: the CNI plugin executable of vxmesh (DESIGN.md §5).
+// vxmesh-cni: the CNI plugin executable of vxmesh (docs/DESIGN.md §5).
 //
 // A shim in the literal sense: it reads the network configuration from stdin, collects the CNI_*
 // environment variables, sends both to the vxmesh daemon over its unix control socket as one JSON

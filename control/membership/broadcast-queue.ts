@@ -100,11 +100,6 @@ export class BroadcastQueue {
     return out;
   }
 
-  /** The update queued about `slot`'s member, if any. */
-  peek(slot: BroadcastSlot): GossipMsg | undefined {
-    return (slot.queued as Item | null)?.msg;
-  }
-
   private finish(item: Item): void {
     if (item.done) return;
     item.done = true;

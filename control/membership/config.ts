@@ -1,6 +1,9 @@
 // Tunables of the membership protocol and the formulas that scale them with cluster size.
-// Defaults are hashicorp/memberlist's DefaultLANConfig; the formulas follow memberlist's
-// util.go so the simulator's figures can be put beside what memberlist predicts.
+// Defaults are hashicorp/memberlist's DefaultLANConfig; WAN and Local are its DefaultWANConfig
+// and DefaultLocalConfig (the three profiles `--gossip-profile` selects). The formulas follow
+// memberlist's util.go so the simulator's figures can be put beside what memberlist predicts.
+
+import type { Parsed } from "../../encap/types";
 
 export interface MembershipConfig {
   /** Time between two probes of this node (before the awareness multiplier). */
@@ -41,7 +44,7 @@ export interface MembershipConfig {
   readonly metaMaxBytes: number;
 }
 
-export const DATAGRAM_MAX = 1400;
+const DATAGRAM_MAX = 1400;
 /** The keyring's seal (version, key id, nonce, tag) around every datagram. */
 export { ENVELOPE_OVERHEAD } from "../keyring";
 import { ENVELOPE_OVERHEAD } from "../keyring";
@@ -65,6 +68,56 @@ export const LAN_CONFIG: MembershipConfig = Object.freeze({
   datagramBudget: DATAGRAM_PAYLOAD_BUDGET,
   metaMaxBytes: META_MAX_BYTES,
 });
+
+/*
+ * memberlist's other two profiles, as config.go defines them (hashicorp/memberlist at
+ * 1b4c746c0e53bce51547d38f14d4772f85da2708, config.go: DefaultLANConfig, DefaultWANConfig,
+ * DefaultLocalConfig). Each starts from DefaultLANConfig and overrides:
+ *
+ *   WAN:   ProbeInterval 5 s, ProbeTimeout 3 s, SuspicionMult 6, PushPullInterval 60 s,
+ *          GossipNodes 4, GossipInterval 500 ms, GossipToTheDeadTime 60 s (TCPTimeout 30 s)
+ *   Local: ProbeInterval 1 s, ProbeTimeout 200 ms, IndirectChecks 1, RetransmitMult 2,
+ *          SuspicionMult 3, PushPullInterval 15 s, GossipInterval 100 ms,
+ *          GossipToTheDeadTime 15 s (TCPTimeout 1 s)
+ *
+ * Everything else (SuspicionMaxTimeoutMult 6, AwarenessMaxMultiplier 8, …) stays LAN's, as in
+ * memberlist. TCPTimeout is not a membership tunable here: the gossip transport's stream
+ * timeout is LAN's 10 s in every profile. reconnectInterval and deadRetention are not
+ * memberlist's (serf's, which keeps them whatever the profile), so they stay LAN's too.
+ */
+export const WAN_CONFIG: MembershipConfig = Object.freeze({
+  ...LAN_CONFIG,
+  probeInterval: 5000,
+  probeTimeout: 3000,
+  suspicionMult: 6,
+  pushPullInterval: 60_000,
+  gossipNodes: 4,
+  gossipInterval: 500,
+  gossipToTheDeadTime: 60_000,
+});
+
+export const LOCAL_CONFIG: MembershipConfig = Object.freeze({
+  ...LAN_CONFIG,
+  probeInterval: 1000,
+  probeTimeout: 200,
+  indirectChecks: 1,
+  retransmitMult: 2,
+  suspicionMult: 3,
+  pushPullInterval: 15_000,
+  gossipInterval: 100,
+  gossipToTheDeadTime: 15_000,
+});
+
+/** memberlist's three profiles, by the name `--gossip-profile` takes. */
+export const GOSSIP_PROFILES = Object.freeze({ lan: LAN_CONFIG, wan: WAN_CONFIG, local: LOCAL_CONFIG });
+
+export type GossipProfile = keyof typeof GOSSIP_PROFILES;
+
+export function parseGossipProfile(text: string): Parsed<GossipProfile> {
+  return text === "lan" || text === "wan" || text === "local"
+    ? { ok: true, value: text }
+    : { ok: false, error: "lan, wan or local (memberlist's DefaultLANConfig, DefaultWANConfig, DefaultLocalConfig)" };
+}
 
 /** Fills in LAN defaults and rejects values the protocol cannot work with. */
 export function makeConfig(partial: Partial<MembershipConfig> = {}): MembershipConfig {

@@ -177,10 +177,6 @@ export class Membership {
 
   // ---------------------------------------------------------------- public surface
 
-  get name(): string {
-    return this.me.name;
-  }
-
   get incarnation(): number {
     return this.me.incarnation;
   }
@@ -193,11 +189,6 @@ export class Membership {
   /** Members alive or suspect, this node included (the N of the scaling formulas). */
   get liveMembers(): number {
     return this.live;
-  }
-
-  /** Updates waiting in the gossip queue. */
-  get pendingBroadcasts(): number {
-    return this.queue.size;
   }
 
   /** True once leave() has been called and its notice has been sent its full count. */

@@ -106,7 +106,7 @@ function before(x: Ev, y: Ev): boolean {
   return x.t < y.t || (x.t === y.t && x.seq < y.seq);
 }
 
-export const SIM_PORT = 7946;
+const SIM_PORT = 7946;
 const BASE_IP = 0x0a000000;
 
 export class Simulator {

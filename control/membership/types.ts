@@ -122,8 +122,6 @@ export type Effect =
   /** A change in this node's view of another member. */
   | { readonly kind: "member"; readonly change: MemberChange; readonly member: MemberView };
 
-export type SendEffect = Extract<Effect, { kind: "send" }>;
-export type StreamEffect = Extract<Effect, { kind: "stream" }>;
 export type MemberEffect = Extract<Effect, { kind: "member" }>;
 
 /** A source of uniform numbers in [0, 1). Inject a seeded one (see rng.ts). */

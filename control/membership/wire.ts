@@ -23,15 +23,15 @@ import type { Ipv4, Parsed } from "../../encap/types";
 import { DATAGRAM_PAYLOAD_BUDGET, META_MAX_BYTES } from "./config";
 import type { Address, MemberState, Message, PushPullEntry, PushPullMsg } from "./types";
 
-export const WIRE_VERSION = 1;
+const WIRE_VERSION = 1;
 /** version + count. */
 export const PACKET_HEADER = 2;
 /** The u16 length before each message of a datagram. */
 export const MESSAGE_OVERHEAD = 2;
 export const MAX_MESSAGES_PER_PACKET = 255;
 /** Largest stream frame accepted (length field included). */
-export const STREAM_FRAME_MAX = 32 * 1024 * 1024;
-export const STREAM_HEADER = 4 + 1 + 1 + 1 + 4;
+const STREAM_FRAME_MAX = 32 * 1024 * 1024;
+const STREAM_HEADER = 4 + 1 + 1 + 1 + 4;
 export const NAME_MAX_BYTES = 255;
 
 const T_PING = 1, T_PING_REQ = 2, T_ACK = 3, T_NACK = 4, T_ALIVE = 5, T_SUSPECT = 6, T_DEAD = 7;
