@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 // `vxmesh` — one executable, several subcommands.
 
-import { formatHelp, parseFlags, anyText, boolSwitch } from "./flags";
+import { formatHelp, parseFlags, anyText, boolSwitch, withDefault } from "./flags";
 import { CONFIG_HELP_NOTES, daemonFlags, loadDaemonSettings } from "./config";
 import { queryControl } from "./control-socket";
 import { createLogger } from "./log";
 import { StartupError, startDaemon } from "./daemon";
 import { generateKey } from "../control/keyring";
+import { DEFAULT_RUN_DIR } from "./default-dirs";
 
 const USAGE = `usage: vxmesh <command> [flags]
 
@@ -117,7 +118,7 @@ async function runDaemon(argv: string[]): Promise<number> {
 
 async function runStatus(argv: string[]): Promise<number> {
   const flags = {
-    runDir: { name: "run-dir", help: "the daemon's run directory", defaultText: "/run/vxmesh", parse: anyText },
+    runDir: { name: "run-dir", help: "the daemon's run directory", ...withDefault(DEFAULT_RUN_DIR), parse: anyText },
     json: { name: "json", help: "print JSON", isSwitch: true, parse: boolSwitch },
   };
   if (argv.includes("--help")) {
@@ -130,7 +131,7 @@ async function runStatus(argv: string[]): Promise<number> {
     return 2;
   }
   try {
-    const status = await queryControl(parsed.values.runDir ?? "/run/vxmesh", "status");
+    const status = await queryControl(parsed.values.runDir ?? DEFAULT_RUN_DIR, "status");
     if (parsed.values.json) {
       process.stdout.write(JSON.stringify(status, null, 2) + "\n");
     } else {

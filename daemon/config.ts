@@ -17,6 +17,7 @@ import { parseKeepCaps, type KeepCaps } from "./capabilities";
 import { parseIptablesBackend, type BackendChoice } from "../control/iptables-rules";
 import { DEFAULT_CONFIRM_AFTER_MS, DEFAULT_SUBNET_LEN, MAX_SUBNET_LEN } from "../control/subnet-allocator";
 import { parseGossipProfile, type GossipProfile } from "../control/membership/config";
+import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR } from "./default-dirs";
 
 /** Static peers from a file, or peers found by gossip. */
 export type PeerSource =
@@ -120,9 +121,9 @@ export const daemonFlags = {
   tap: { name: "tap", help: "name of the TAP device the daemon creates", ...withDefault("vxmesh0"), parse: parseIfName } satisfies FlagSpec<string>,
   vtepMac: { name: "vtep-mac", help: "MAC address of this node's VTEP", defaultText: "derived from the node name", parse: parseMac } satisfies FlagSpec<MacAddr>,
   mtu: { name: "mtu", help: `MTU of the TAP and pods, ${MIN_MTU}-${MAX_MTU}`, defaultText: `underlay MTU − ${IPV4_OVERHEAD}`, parse: intInRange(MIN_MTU, MAX_MTU) } satisfies FlagSpec<number>,
-  runDir: { name: "run-dir", help: "directory for the control socket", ...withDefault("/run/vxmesh"), parse: anyText } satisfies FlagSpec<string>,
+  runDir: { name: "run-dir", help: "directory for the control socket", ...withDefault(DEFAULT_RUN_DIR), parse: anyText } satisfies FlagSpec<string>,
   metricsAddr: { name: "metrics-addr", help: "HOST:PORT for Prometheus /metrics, /healthz and /readyz, or \"off\"", ...withDefault({ host: "127.0.0.1", port: 9464 }, (a) => `${a.host}:${a.port}`), parse: parseListenAddr } satisfies FlagSpec<{ host: string; port: number } | "off">,
-  stateDir: { name: "state-dir", help: "directory for state that survives restarts (pod address leases)", ...withDefault("/var/lib/vxmesh"), parse: anyText } satisfies FlagSpec<string>,
+  stateDir: { name: "state-dir", help: "directory for state that survives restarts (pod address leases)", ...withDefault(DEFAULT_STATE_DIR), parse: anyText } satisfies FlagSpec<string>,
   logLevel: { name: "log-level", help: "fatal, error, warn, info, debug, trace or silent", ...withDefault("info"), parse: parseLogLevel } satisfies FlagSpec<string>,
   logFormat: { name: "log-format", help: "json (one object per line), pretty (readable lines) or auto (pretty on a terminal, else json)", ...withDefault<LogFormat>("auto"), parse: parseLogFormat } satisfies FlagSpec<LogFormat>,
   batch: { name: "batch", help: "frames per forwarder batch, 1-256 (with --offload, TAP super-frames up to 64 and GRO runs up to 16)", ...withDefault(64), parse: intInRange(1, 256) } satisfies FlagSpec<number>,

@@ -17,6 +17,7 @@ import type { ChangeTrigger, KernelChanges } from "./status";
 import { StartupError } from "./startup-error";
 import type { KernelFacts } from "./trace";
 import type { BatchHistogram, PeerTraffic } from "../encap/counters";
+import { Serial } from "../control/serial";
 
 const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 /** How often the kernel state (routes, neighbours; iptables rules too) is re-checked against what the daemon wants. */
@@ -44,7 +45,7 @@ export class DataPlane {
   private readonly changes: Record<ChangeTrigger, KernelChanges> = { change: noChanges(), repair: noChanges() };
   private peers: readonly Peer[] = [];
   /** Changes run one after another; each starts from the last one's result. */
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new Serial();
 
   private constructor(
     readonly tapName: string,
@@ -212,13 +213,11 @@ export class DataPlane {
 
   /** Removes everything: forwarder stopped, routes, neighbours and address removed, TAP closed. */
   stop(): Promise<void> {
-    return this.queue.then(() => this.cleanups.unwind(), () => this.cleanups.unwind());
+    return this.queue.run(() => this.cleanups.unwind());
   }
 
   private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.queue.then(fn, fn);
-    this.queue = next.catch(() => undefined);
-    return next;
+    return this.queue.run(fn);
   }
 }
 

@@ -19,11 +19,12 @@
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { CONTROL_SOCKET_NAME } from "./control-socket";
-import { anyText, boolSwitch, describeOrigin, formatHelp, parseFlags } from "./flags";
+import { anyText, boolSwitch, describeOrigin, formatHelp, parseFlags, withDefault } from "./flags";
 import { NETWORK_JSON_FILE } from "./handoff";
 import { formatIpv4, formatSubnet, parseIpv4, parseSubnet, subnetAddress, subnetContains, type Parsed } from "../encap/types";
 import { SHIM_NAME, shimBinaryPath } from "../encap/artefacts";
 import { SUPPORTED_VERSIONS, validName } from "../cni/spec";
+import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR } from "./default-dirs";
 
 /** The conflist's cniVersion by default: the newest that libcni 1.0 and 1.1 parse. */
 const DEFAULT_CONFLIST_VERSION = "1.0.0";
@@ -77,8 +78,8 @@ export function parseWait(text: string): Parsed<number> {
 export const installCniFlags = {
   binDir: { name: "bin-dir", help: "where the container runtime looks for CNI plugins", defaultText: "/opt/cni/bin", parse: anyText },
   confDir: { name: "conf-dir", help: "where the container runtime reads CNI network configurations", defaultText: "/etc/cni/net.d", parse: anyText },
-  runDir: { name: "run-dir", help: "the daemon's run directory (its control socket is vxmesh.sock in it)", defaultText: "/run/vxmesh", parse: anyText },
-  stateDir: { name: "state-dir", help: "the daemon's state directory (the shim queues DELs there while the daemon is down)", defaultText: "/var/lib/vxmesh", parse: anyText },
+  runDir: { name: "run-dir", help: "the daemon's run directory (its control socket is vxmesh.sock in it)", ...withDefault(DEFAULT_RUN_DIR), parse: anyText },
+  stateDir: { name: "state-dir", help: "the daemon's state directory (the shim queues DELs there while the daemon is down)", ...withDefault(DEFAULT_STATE_DIR), parse: anyText },
   networkName: { name: "network-name", help: "the CNI network name", defaultText: "vxmesh", parse: networkName },
   confName: { name: "conf-name", help: "the conflist's file name in --conf-dir", defaultText: "10-vxmesh.conflist", parse: fileName },
   cniVersion: { name: "cni-version", help: `the conflist's top-level cniVersion, the version runtimes on libcni before 1.2 (podman 4, containerd 1.6/1.7) use for every call; libcni 1.2+ picks from cniVersions (${SUPPORTED_VERSIONS.join(", ")}) instead`, defaultText: DEFAULT_CONFLIST_VERSION, parse: cniVersion },
@@ -279,8 +280,8 @@ export async function runInstallCni(argv: string[]): Promise<number> {
   // Absolute paths: the runtime runs the shim from its own working directory.
   const binDir = resolve(v.binDir ?? "/opt/cni/bin");
   const confDir = resolve(v.confDir ?? "/etc/cni/net.d");
-  const runDir = resolve(v.runDir ?? "/run/vxmesh");
-  const stateDir = resolve(v.stateDir ?? "/var/lib/vxmesh");
+  const runDir = resolve(v.runDir ?? DEFAULT_RUN_DIR);
+  const stateDir = resolve(v.stateDir ?? DEFAULT_STATE_DIR);
   const controlSocket = join(runDir, CONTROL_SOCKET_NAME);
   if (mode === "bridge") {
     return installBridge({

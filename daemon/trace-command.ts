@@ -4,11 +4,12 @@
 
 import { parseIpv4, type Parsed } from "../encap/types";
 import { requestControl } from "./control-socket";
-import { anyText, boolSwitch, formatHelp, parseFlags } from "./flags";
+import { anyText, boolSwitch, formatHelp, parseFlags, withDefault } from "./flags";
 import { formatTrace, verdictIsReachable, type TraceRecord } from "./trace";
+import { DEFAULT_RUN_DIR } from "./default-dirs";
 
 const flags = {
-  runDir: { name: "run-dir", help: "the daemon's run directory (its control socket is vxmesh.sock in it)", defaultText: "/run/vxmesh", parse: anyText },
+  runDir: { name: "run-dir", help: "the daemon's run directory (its control socket is vxmesh.sock in it)", ...withDefault(DEFAULT_RUN_DIR), parse: anyText },
   json: { name: "json", help: "print the trace as JSON", isSwitch: true, parse: boolSwitch },
 };
 
@@ -26,7 +27,7 @@ export function parseTraceArgs(argv: readonly string[], env: NodeJS.ProcessEnv):
   if (extra !== undefined) return { ok: false, error: `unexpected argument ${JSON.stringify(extra)}: give one pod IP` };
   const ip = parseIpv4(ipText);
   if (!ip.ok) return { ok: false, error: `pod IP ${JSON.stringify(ipText)} is not valid: expected ${ip.error}` };
-  return { ok: true, value: { ip: ipText, runDir: parsed.values.runDir ?? "/run/vxmesh", json: parsed.values.json ?? false } };
+  return { ok: true, value: { ip: ipText, runDir: parsed.values.runDir ?? DEFAULT_RUN_DIR, json: parsed.values.json ?? false } };
 }
 
 export async function runTrace(argv: string[]): Promise<number> {
