@@ -27,14 +27,17 @@ export class KernelWatch {
     }
     const w = new KernelWatch(nl);
     const tap = ifindex;
-    nl.watch(GROUPS, (events) => {
-      if (!events.some((e) => concerns(e, tap))) return;
+    const soon = (): void => {
       if (w.timer !== undefined) return;
       w.timer = setTimeout(() => {
         w.timer = undefined;
         onChange();
       }, debounceMs);
-    });
+    };
+    // A socket error (a notification overrun) may have cost events: reconcile as if one came.
+    nl.watch(GROUPS, (events) => {
+      if (events.some((e) => concerns(e, tap))) soon();
+    }, soon);
     return w;
   }
 

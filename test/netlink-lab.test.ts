@@ -5,6 +5,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Rtnl, RTNLGRP, RTPROT_BOOT, VXMESH_RTPROT, errnoCode, type RtEvent } from "../control/netlink";
+import { KernelWatch } from "../control/kernel-watch";
 import { parseIpv4, parseMac, type Ipv4, type MacAddr } from "../encap/types";
 
 const ip = (t: string): Ipv4 => { const r = parseIpv4(t); if (!r.ok) throw new Error(r.error); return r.value; };
@@ -90,6 +91,35 @@ describe.skipIf(process.getuid?.() !== 0)("the netlink client in a network names
       expect(got).toContainEqual({ kind: "link", ifindex: index });
     } finally {
       watcher.close();
+    }
+  });
+
+  it("a socket error (a notification overrun) neither throws nor goes unheard: the watch is told, requests still work", async () => {
+    const watcher = Rtnl.openIn(NS_PATH);
+    try {
+      const errors: Error[] = [];
+      watcher.watch([RTNLGRP.LINK], () => undefined, (err) => errors.push(err));
+      // What the netlink package emits when recvmsg fails (ENOBUFS after an overrun).
+      const sock = (watcher as unknown as { sock: NodeJS.EventEmitter }).sock;
+      expect(() => sock.emit("error", Object.assign(new Error("recvmsg ENOBUFS"), { code: "ENOBUFS" }))).not.toThrow();
+      expect(errors.map((e) => e.message)).toEqual(["recvmsg ENOBUFS"]);
+      expect(watcher.socketErrors).toBe(1);
+      expect((await watcher.links()).some((l) => l.name === "lo")).toBe(true);
+    } finally {
+      watcher.close();
+    }
+  });
+
+  it("the kernel watch treats a socket error as a change (events may be lost): the reconciler is woken", async () => {
+    let woken = 0;
+    const w = await KernelWatch.open("lo", () => woken++, 10);
+    try {
+      const sock = (w as unknown as { nl: { sock: NodeJS.EventEmitter } }).nl.sock;
+      sock.emit("error", Object.assign(new Error("recvmsg ENOBUFS"), { code: "ENOBUFS" }));
+      for (let i = 0; i < 100 && woken === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(woken).toBe(1);
+    } finally {
+      w.close();
     }
   });
 

@@ -41,7 +41,18 @@ export class Rtnl {
   private readonly queue = new Serial();
   private closed = false;
 
-  private constructor(private readonly sock: NetlinkSocket) {}
+  private errorListeners: ((err: Error) => void)[] = [];
+  /** Socket errors seen (an overrun of a watch socket, ENOBUFS, drops notifications). */
+  socketErrors = 0;
+
+  private constructor(private readonly sock: NetlinkSocket) {
+    // An EventEmitter's "error" without a listener throws: a receive overrun must not end the
+    // daemon. Requests in flight still time out; a watch is told (its events may be lost).
+    sock.on("error", (err: Error) => {
+      this.socketErrors++;
+      for (const l of this.errorListeners) l(err);
+    });
+  }
 
   /** A socket in the calling process's network namespace. */
   static open(): Rtnl {
@@ -87,10 +98,11 @@ export class Rtnl {
 
   /**
    * Joins the multicast `groups` (RTNLGRP_*) and calls `onEvents` with each batch of
-   * notifications that concern links, addresses, neighbours or routes. The socket does not keep
-   * the process alive.
+   * notifications that concern links, addresses, neighbours or routes, and `onError` when the
+   * socket fails (notifications may have been lost). The socket does not keep the process alive.
    */
-  watch(groups: readonly number[], onEvents: (events: RtEvent[]) => void): void {
+  watch(groups: readonly number[], onEvents: (events: RtEvent[]) => void, onError?: (err: Error) => void): void {
+    if (onError !== undefined) this.errorListeners.push(onError);
     for (const g of groups) this.sock.addMembership(g);
     this.sock.on("message", (msgs: NetlinkMessage[]) => {
       const events = msgs.map((m) => parseEvent(m.type, m.data)).filter(defined);
