@@ -372,10 +372,14 @@ export function parseConfig(stdin: string, command: Command): NetConf {
       return { containerID: a["containerID"], ifname: a["ifname"] };
     });
   }
-  return { cniVersion: version, name, mtu, dns: parseDns(raw["dns"], "dns"), prevResult, validAttachments, runtime: parseRuntime(raw), raw };
+  return { cniVersion: version, name, mtu, dns: parseDns(raw["dns"], "dns"), prevResult, validAttachments, runtime: command === "ADD" ? parseRuntime(raw) : { ips: [], mac: undefined }, raw };
 }
 
-/** runtimeConfig.ips / runtimeConfig.mac, and args.cni.ips, as given (checked by requestedAttachment). */
+/**
+ * runtimeConfig.ips / runtimeConfig.mac, and args.cni.ips, as given (checked by
+ * requestedAttachment). Read for ADD only: a DEL, CHECK or GC must never fail (or a queued DEL be
+ * dropped) over fields only an ADD uses.
+ */
 function parseRuntime(raw: Record<string, unknown>): NetConf["runtime"] {
   const rc = raw["runtimeConfig"];
   const ips: string[] = [];
@@ -430,7 +434,7 @@ export function requestedAttachment(args: string, conf: NetConf): Requested {
     throw new CniError(ErrorCode.InvalidConfig, "more than one IPv4 address requested; vxmesh-cni gives an attachment one",
       [...wanted].map((ip) => formatIpv4(ip)).join(", "));
   }
-  const macText = fromArgs.mac ?? conf.runtime.mac;
+  const macText = fromArgs.mac !== undefined && fromArgs.mac !== "" ? fromArgs.mac : conf.runtime.mac;
   let mac: MacAddr | undefined;
   if (macText !== undefined && macText !== "") {
     const m = parseMac(macText.toLowerCase());

@@ -8,6 +8,7 @@ const GROUPS = [RTNLGRP.LINK, RTNLGRP.NEIGH, RTNLGRP.IPV4_IFADDR, RTNLGRP.IPV4_R
 
 export class KernelWatch {
   private timer: NodeJS.Timeout | undefined;
+  private closed = false;
 
   private constructor(private readonly nl: Rtnl) {}
 
@@ -28,7 +29,7 @@ export class KernelWatch {
     const w = new KernelWatch(nl);
     const tap = ifindex;
     const soon = (): void => {
-      if (w.timer !== undefined) return;
+      if (w.closed || w.timer !== undefined) return;
       w.timer = setTimeout(() => {
         w.timer = undefined;
         onChange();
@@ -42,6 +43,7 @@ export class KernelWatch {
   }
 
   close(): void {
+    this.closed = true;
     clearTimeout(this.timer);
     this.nl.close();
   }

@@ -286,10 +286,12 @@ async function trace(config: DaemonConfig, c: Checked, dp: DataPlane, ipText: un
 /**
  * What the start-up route check treats as the overlay's own: the TAP and our pod bridge, and
  * this node's subnet when it is known before the source runs (static or pinned --subnet, else
- * the persisted lease a restart keeps), so a bridge someone else made for it is no conflict.
+ * the confirmed lease a restart keeps), so a bridge someone else made for it is no conflict.
  */
 export function ownRoutes(config: DaemonConfig): OwnRoutes {
-  const subnet = config.source.subnet ?? readLease(config.stateDir)?.subnet;
+  const lease = readLease(config.stateDir);
+  // A subnet only being claimed may yet go to another node: its routes are not ours to excuse.
+  const subnet = config.source.subnet ?? (lease?.state === "confirmed" ? lease.subnet : undefined);
   return { devices: [config.tap, POD_BRIDGE], nodeSubnets: subnet === undefined ? [] : [subnet] };
 }
 

@@ -163,12 +163,22 @@ function checkIpForward(): CheckResult {
   const now = readSwitch(IP_FORWARD);
   if ("error" in now) return fail(id, `cannot read ${IP_FORWARD} (${now.error})`, "mount /proc; the node must route pod traffic");
   if (now.value === "1") return pass(id, "net.ipv4.ip_forward is on");
+  if (mayWriteNetSysctl()) return pass(id, "net.ipv4.ip_forward is off; the daemon turns it on at start");
+  return fail(id, "net.ipv4.ip_forward is off, and this user cannot turn it on: the node would not route pod traffic",
+    "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d), or start the daemon as root");
+}
+
+/**
+ * Whether this process may set a net sysctl: file access as root, or CAP_NET_ADMIN, which the
+ * kernel treats as root for net sysctls (access(2) alone would not see the capability).
+ */
+function mayWriteNetSysctl(): boolean {
   try {
     fs.accessSync(IP_FORWARD, fs.constants.W_OK);
-    return pass(id, "net.ipv4.ip_forward is off; the daemon turns it on at start");
+    return true;
   } catch {
-    return fail(id, "net.ipv4.ip_forward is off, and this user cannot turn it on: the node would not route pod traffic",
-      "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d), or start the daemon as root");
+    const caps = parseStatusCaps(process.pid, fs.readFileSync("/proc/self/status", "utf8"));
+    return caps !== undefined && (caps.effective & CAP_NET_ADMIN) !== 0n;
   }
 }
 

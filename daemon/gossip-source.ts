@@ -323,6 +323,8 @@ export class GossipSource implements PeerSource {
 
   private wake(at: number): void {
     this.cancelWake();
+    // An update still in flight at stop must not leave a timer behind.
+    if (this.stopped) return;
     this.cancelWake = this.deps.clock.after(Math.max(0, at - this.deps.clock.now()), () => this.update());
   }
 }

@@ -111,6 +111,16 @@ describe("requestedAttachment (CNI_ARGS IP=/MAC=, runtimeConfig ips/mac)", () =>
     expect(shown("IP=10.244.1.9", { runtimeConfig: { ips: ["10.244.1.9/24"] } })).toEqual({ ip: "10.244.1.9" });
   });
 
+  it("an empty MAC= in CNI_ARGS leaves runtimeConfig's mac in force", () => {
+    expect(shown("MAC=", { runtimeConfig: { mac: "02:00:00:00:00:09" } })).toEqual({ mac: "02:00:00:00:00:09" });
+  });
+
+  it("reads the runtime fields for ADD only: a DEL, CHECK or GC with malformed ones still parses", () => {
+    const odd = JSON.stringify({ cniVersion: "1.1.0", name: "vxmesh", type: "vxmesh-cni", runtimeConfig: "not an object", args: { cni: { ips: 5 } } });
+    expect(cniError(() => parseConfig(odd, "ADD")).code).toBe(ErrorCode.InvalidConfig);
+    for (const cmd of ["DEL", "CHECK", "GC"] as const) expect(() => parseConfig(odd, cmd), cmd).not.toThrow(CniError);
+  });
+
   it("refuses malformed values, IPv6 and more than one address with the right code", () => {
     const code = (args: string, extra?: Record<string, unknown>): number => cniError(() => requestedAttachment(args, conf(extra))).code;
     expect(code("IP")).toBe(ErrorCode.InvalidEnvironment);

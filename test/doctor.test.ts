@@ -10,6 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Lab, execOk, type LabNode } from "../bench/lab";
 import { Cluster, cliPath } from "../bench/cluster";
 import { generateKey } from "../control/keyring";
+import { writeLease } from "../daemon/lease-file";
+import { parseSubnet, type Subnet } from "../encap/types";
 import type { CheckResult } from "../daemon/doctor";
 
 interface Doctor { code: number | null; stdout: string; stderr: string; lines: Map<string, string> }
@@ -221,6 +223,25 @@ describe("vxmesh doctor: each problem fails its own line with exit 1", () => {
       expect(off.lines.get("forward-policy")).toMatch(/^FAIL FORWARD policy DROP \(iptables-nft, .*\) and --forward-accept=false: pod traffic between nodes and to services is dropped/);
     } finally {
       await execOk(n1, ["iptables-nft", "-P", "FORWARD", "ACCEPT"]);
+    }
+  });
+
+  it("a pod bridge's route inside the node's subnet: fine with a confirmed lease, a conflict while the subnet is only claimed", async () => {
+    const stateDir = join(dir, "lease-state");
+    await execOk(n1, ["ip", "link", "add", "cni0", "type", "bridge"]);
+    try {
+      await execOk(n1, ["ip", "addr", "add", "10.244.77.1/24", "dev", "cni0"]);
+      await execOk(n1, ["ip", "link", "set", "cni0", "up"]);
+      const lease = (state: "claiming" | "confirmed"): void =>
+        writeLease(stateDir, { subnet: (parseSubnet("10.244.77.0/24") as { ok: true; value: Subnet }).value, state, stamp: 1, seq: 1 });
+      lease("claiming");
+      const claiming = await doctor(["--state-dir", stateDir]);
+      expect(claiming.lines.get("host-routes")).toMatch(/^FAIL --cluster-cidr 10\.244\.0\.0\/16 overlaps the host route 10\.244\.77\.0\/24 dev cni0 proto kernel/);
+      lease("confirmed");
+      const confirmed = await doctor(["--state-dir", stateDir]);
+      expect(confirmed.lines.get("host-routes")).toBe("ok no host route overlaps 10.244.0.0/16");
+    } finally {
+      await execOk(n1, ["ip", "link", "del", "cni0"]);
     }
   });
 
