@@ -18,6 +18,7 @@ import { performance } from "node:perf_hooks";
 import { promisify } from "node:util";
 import { Cluster, cliPath } from "./cluster";
 import { Lab } from "./lab";
+import { median, percentile } from "./report";
 import { BUSYBOX_IMAGE, PodmanNode, cgroupParentFor, cleanupPodmanLeftovers, podmanVersions } from "./podman-kit";
 
 const execFileP = promisify(execFile);
@@ -26,18 +27,16 @@ const REFERENCE_SUBNET = "10.244.200.0/24";
 
 interface Stats {
   runs: number;
-  median: number;
-  p90: number;
+  median: number | null;
+  p90: number | null;
   min: number;
   max: number;
   mean: number;
 }
 
+/** The bench's own median and nearest-rank percentile (bench/report.ts), plus range and mean. */
 function stats(xs: readonly number[]): Stats {
-  const s = [...xs].sort((a, b) => a - b);
-  const at = (q: number): number => s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] ?? NaN;
-  const mid = s.length % 2 === 1 ? (s[(s.length - 1) / 2] ?? NaN) : ((s[s.length / 2 - 1] ?? NaN) + (s[s.length / 2] ?? NaN)) / 2;
-  return { runs: s.length, median: mid, p90: at(0.9), min: s[0] ?? NaN, max: s[s.length - 1] ?? NaN, mean: s.reduce((a, b) => a + b, 0) / s.length };
+  return { runs: xs.length, median: median(xs), p90: percentile(xs, 90), min: Math.min(...xs), max: Math.max(...xs), mean: xs.reduce((a, b) => a + b, 0) / xs.length };
 }
 
 function flag(argv: readonly string[], name: string, fallback: string): string {
@@ -112,7 +111,7 @@ async function main(argv: readonly string[]): Promise<void> {
       `${portmap ? ", portmap chained on both CNI networks" : ""}`);
     console.log("network   median ms   p90 ms   min ms   max ms");
     for (const [k, s] of Object.entries(result.networks)) {
-      console.log(`${k.padEnd(9)} ${s.median.toFixed(0).padStart(9)} ${s.p90.toFixed(0).padStart(8)} ${s.min.toFixed(0).padStart(8)} ${s.max.toFixed(0).padStart(8)}`);
+      console.log(`${k.padEnd(9)} ${(s.median ?? NaN).toFixed(0).padStart(9)} ${(s.p90 ?? NaN).toFixed(0).padStart(8)} ${s.min.toFixed(0).padStart(8)} ${s.max.toFixed(0).padStart(8)}`);
     }
     if (jsonFile !== "") writeFileSync(jsonFile, JSON.stringify(result, null, 2) + "\n");
   } finally {
