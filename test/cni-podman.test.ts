@@ -10,7 +10,7 @@
 
 import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster, cliPath } from "../bench/cluster";
@@ -122,7 +122,7 @@ describe("podman drives vxmesh-cni on two daemon nodes", () => {
       // The lab makes the bridge for its own pods; here the CNI handler must make it.
       await execFileP("ip", ["-n", n.namespace, "link", "del", n.bridge]);
       const daemon = cluster.daemon(n.name);
-      const stateDir = join(dirname(daemon.runDir), `${n.name}-state`);
+      const stateDir = cluster.stateDirOf(n);
       const nodeDir = join(l.workDir(), `podman-${n.name}`);
       const binDir = join(nodeDir, "bin");
       const confDir = join(nodeDir, "net.d");

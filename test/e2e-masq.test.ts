@@ -311,8 +311,7 @@ describe("root daemons: nft and legacy nodes, FORWARD policy DROP, kube-proxy's 
     const c = cluster as Cluster;
     const n2 = l.node("n2");
     const old = c.daemon("n2");
-    old.child.kill("SIGKILL");
-    await old.exited;
+    await old.kill("SIGKILL");
     // Left behind by the killed daemon: its chains and jumps (still as wanted) ...
     expect(mismatch(await saved(n2, "nft"), wanted(l, n2))).toBeUndefined();
     // ... and a stale rule, as an older version might have had.

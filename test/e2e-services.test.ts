@@ -24,7 +24,7 @@
 // before the daemons start, to check the paths with only kube-proxy's and vxmesh's own accepts.
 
 import { execFile } from "node:child_process";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster } from "../bench/cluster";
@@ -174,7 +174,7 @@ describe("kube-proxy iptables-mode services across the overlay", () => {
       const daemon = cluster.daemon(n.name);
       cniNodes.set(n.name, CniNode.on(l, n.namespace, {
         subnet: n.subnet, mtu: n.overlayMtu, bridge: n.bridge,
-        external: { runDir: daemon.runDir, stateDir: join(dirname(daemon.runDir), `${n.name}-state`) },
+        external: { runDir: daemon.runDir, stateDir: cluster.stateDirOf(n) },
       }));
     }
     for (const [name, node] of [["c1", n1], ["b1", n1], ["b2", n2], ["b3", n2]] as const) {
