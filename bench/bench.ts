@@ -107,6 +107,14 @@ export function parseProcStatTicks(text: string): number {
 }
 
 /** The CPU a task last ran on (field 39) from the text of /proc/<pid>/stat. */
+/** The command name of /proc/<pid>/stat (field 2, between the first "(" and the last ")"). */
+export function procStatComm(text: string): string {
+  return text.slice(text.indexOf("(") + 1, text.lastIndexOf(")"));
+}
+
+/** What a pod's command runs as before it becomes the measured program. */
+const LAUNCHERS = new Set(["ip", "taskset"]);
+
 export function parseProcStatCpu(text: string): number {
   const cpu = Number(statFieldsAfterName(text)[36]);
   if (!Number.isInteger(cpu) || cpu < 0) throw new Error("unexpected /proc/<pid>/stat format");
@@ -824,8 +832,13 @@ class PlacementSampler {
   private sample(): void {
     if (this.a === undefined || this.b === undefined) return;
     try {
-      const ca = parseProcStatCpu(readFileSync(`/proc/${this.a}/stat`, "utf8"));
-      const cb = parseProcStatCpu(readFileSync(`/proc/${this.b}/stat`, "utf8"));
+      const sa = readFileSync(`/proc/${this.a}/stat`, "utf8");
+      const sb = readFileSync(`/proc/${this.b}/stat`, "utf8");
+      // The pid starts as the launcher (`ip netns exec`, then `taskset`, which pins only as it
+      // execs the program): where the launcher ran says nothing about the pods' placement.
+      if (LAUNCHERS.has(procStatComm(sa)) || LAUNCHERS.has(procStatComm(sb))) return;
+      const ca = parseProcStatCpu(sa);
+      const cb = parseProcStatCpu(sb);
       this.samples++;
       if (ca === cb) this.same++;
     } catch {

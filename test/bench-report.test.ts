@@ -5,7 +5,7 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { cpuPair } from "../daemon/bench-command";
-import { parseIpLinkStats, parseProcStatCpu, parseProcStatTicks, parseUdpDatagramsIn, parseVmRssKb, udpRates } from "../bench/bench";
+import { parseIpLinkStats, parseProcStatCpu, parseProcStatTicks, procStatComm, parseUdpDatagramsIn, parseVmRssKb, udpRates } from "../bench/bench";
 import { fastdConfig, parseGeneratedKey } from "../bench/fastd";
 import {
   FIGURES,
@@ -283,6 +283,9 @@ describe("bench parsers", () => {
     expect(parseProcStatCpu(stat)).toBe(1);
     expect(() => parseProcStatCpu("1234 (short) S 1 2 3")).toThrow();
     expect(parseProcStatCpu(readFileSync("/proc/self/stat", "utf8"))).toBeGreaterThanOrEqual(0);
+    // The command name, parentheses and spaces included, tells a launcher from the program.
+    expect(procStatComm(stat)).toBe("node (worker) x");
+    expect(procStatComm("99 (taskset) R 1 2 3")).toBe("taskset");
   });
 
   it("--pod-cpus takes two CPUs of this machine, the sending pod's first", () => {
