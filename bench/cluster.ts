@@ -22,6 +22,11 @@ export interface DaemonOptions {
    * whose addresses come from the lab's subnet).
    */
   gossip?: { seed?: LabNode; seeds?: readonly LabNode[]; claim?: boolean; claimWaitS?: number; keyFile?: string };
+  /**
+   * The Kubernetes source instead: the Node objects on the API server `kubeconfig` names
+   * (bench/kube-api-process.ts) give the subnet and the peers.
+   */
+  kubernetes?: { kubeconfig: string; clusterCidr?: string };
   /** How long to wait for the control socket to answer. */
   readyTimeoutMs?: number;
   /**
@@ -132,8 +137,10 @@ export class Cluster {
     return file;
   }
 
-  /** The flags that pick the peer source: a static peers file, or gossip. */
+  /** The flags that pick the peer source: a static peers file, gossip, or Kubernetes. */
   private sourceArgs(node: LabNode, options: DaemonOptions): string[] {
+    const k = options.kubernetes;
+    if (k !== undefined) return ["--subnet-source", "kubernetes", "--kubeconfig", k.kubeconfig, "--cluster-cidr", k.clusterCidr ?? "10.244.0.0/16"];
     const g = options.gossip;
     if (g === undefined) {
       const peersFile = join(this.dir, `${node.name}-peers.json`);

@@ -8,6 +8,7 @@ import { createLogger } from "./log";
 import { StartupError, startDaemon } from "./daemon";
 import { generateKey } from "../control/keyring";
 import { DEFAULT_RUN_DIR } from "./default-dirs";
+import type { KubernetesStatus } from "./status";
 
 const USAGE = `usage: vxmesh <command> [flags]
 
@@ -110,8 +111,9 @@ async function runDaemon(argv: string[]): Promise<number> {
       if (error !== undefined) log.error(`key file not reloaded, keeping the current keys: ${error}`);
     });
     void running.failed.then((err) => {
-      log.fatal({ err }, "forwarder thread failed");
-      shutdown("forwarder failure", 1);
+      log.fatal({ err }, err.message);
+      process.stderr.write(`vxmesh daemon: ${err.message}\n`);
+      shutdown(err.message, 1);
     });
   });
 }
@@ -145,7 +147,7 @@ async function runStatus(argv: string[]): Promise<number> {
 }
 
 function formatStatus(s: import("./daemon").DaemonStatus): string {
-  const g = s.gossip as { members?: { name: string; state: string; subnet?: string; underlayIp?: string; vtepMac?: string; lease?: string; heardSecondsAgo?: number }[]; notReadyBecause?: string } | undefined;
+  const g = s.gossip as { members?: { name: string; state: string; subnet?: string; underlayIp?: string; vtepMac?: string; lease?: string; heardSecondsAgo?: number }[] } | undefined;
   const k = s.kernel;
   const drift = k === undefined ? [] : [
     ...k.drift.missingRoutes.map((r) => `  MISSING route ${r}`), ...k.drift.unexpectedRoutes.map((r) => `  UNEXPECTED route ${r}`),
@@ -153,7 +155,7 @@ function formatStatus(s: import("./daemon").DaemonStatus): string {
   const changes = s.kernelChanges;
   const batch = (h: { sum: number; count: number } | undefined): string => (h === undefined || h.count === 0 ? "-" : (h.sum / h.count).toFixed(1));
   const lines = [
-    `node ${s.node}  ${s.mode}  ${s.ready ? "ready" : `NOT READY${g?.notReadyBecause === undefined ? "" : ` (${g.notReadyBecause})`}`}`,
+    `node ${s.node}  ${s.mode}  ${s.ready ? "ready" : `NOT READY${s.notReadyBecause === undefined ? "" : ` (${s.notReadyBecause})`}`}`,
     `underlay ${s.underlayIp}  subnet ${s.subnet ?? "none yet"}  vtep ${s.vtepMac}  vni ${s.vni}  port ${s.vxlanPort}  tap ${s.tap} mtu ${s.mtu}`,
     "",
     ...(g?.members === undefined ? [] : [
@@ -161,6 +163,7 @@ function formatStatus(s: import("./daemon").DaemonStatus): string {
       ...g.members.map((m) => `  ${m.name.padEnd(23)} ${m.state.padEnd(8)} ${(m.underlayIp ?? "").padEnd(16)} ${(m.subnet ?? "").padEnd(18)} ${(m.vtepMac ?? "").padEnd(18)} ${(m.lease ?? "").padEnd(10)} ${m.name === s.node ? "self" : m.heardSecondsAgo === undefined ? "never" : `${m.heardSecondsAgo} s ago`}`),
       "",
     ]),
+    ...(s.kubernetes === undefined ? [] : kubernetesLines(s.kubernetes)),
     "peers:                    underlay         subnet             vtep mac           path   out frames/bytes   in frames/bytes",
     ...s.peers.map((p) => `  ${p.name.padEnd(23)} ${p.underlayIp.padEnd(16)} ${p.subnet.padEnd(18)} ${p.vtepMac.padEnd(18)} ${p.path.padEnd(6)} ` +
       (p.traffic === undefined ? "" : `${`${p.traffic.txFrames}/${p.traffic.txBytes}`.padEnd(18)} ${p.traffic.rxFrames}/${p.traffic.rxBytes}`)),
@@ -180,6 +183,25 @@ function formatStatus(s: import("./daemon").DaemonStatus): string {
   ];
   return lines.join("\n") + "\n";
 }
+
+/** The Kubernetes source's part of `vxmesh status`: the watch, our Node, and the Nodes that are not peers. */
+function kubernetesLines(k: KubernetesStatus): string[] {
+  const w = k.watch;
+  const reasons = Object.entries(k.skippedByReason).filter(([, n]) => n > 0).map(([r, n]) => `${r} ${n}`);
+  const shown = k.skipped.slice(0, SKIPPED_SHOWN);
+  return [
+    `kubernetes ${k.server} (${k.credentials}); Node ${k.node} NetworkUnavailable=${k.networkUnavailable ?? "unset"}`,
+    `watch      ${w.state} for ${w.forSeconds} s${w.inSync ? ", in sync" : ""}; resourceVersion ${w.resourceVersion || "-"}; ` +
+      `last event ${w.lastEventSecondsAgo === null ? "never" : `${w.lastEventSecondsAgo} s ago`}; lists ${k.counters.lists} (after 410 ${k.counters.relists}), watches ${k.counters.watches}`,
+    ...(w.lastError === null ? [] : [`last error ${w.lastError.secondsAgo} s ago: ${w.lastError.message}`]),
+    `nodes      ${k.nodes} listed; skipped ${k.skipped.length}${reasons.length === 0 ? "" : ` (${reasons.join(", ")})`}`,
+    ...shown.map((n) => `  ${n.name.padEnd(23)} ${n.reason.padEnd(21)} ${n.why}`),
+    ...(k.skipped.length > shown.length ? [`  … ${k.skipped.length - shown.length} more (vxmesh status --json)`] : []),
+    "",
+  ];
+}
+
+const SKIPPED_SHOWN = 20;
 
 // Exit explicitly: a stopped daemon has nothing left to do, and a stray handle must not keep
 // the process (and so its TAP) alive.

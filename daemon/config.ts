@@ -19,9 +19,16 @@ import { DEFAULT_CONFIRM_AFTER_MS, DEFAULT_SUBNET_LEN, MAX_SUBNET_LEN } from "..
 import { parseGossipProfile, type GossipProfile } from "../control/membership/config";
 import { DEFAULT_RUN_DIR, DEFAULT_STATE_DIR } from "./default-dirs";
 
-/** Static peers from a file, or peers found by gossip. */
+/** Static peers from a file, peers found by gossip, or the cluster's Nodes. */
 export type PeerSource =
   | { kind: "static"; peersFile: string; subnet: Subnet }
+  | {
+    kind: "kubernetes";
+    /** undefined: in-cluster (the pod's service account). */
+    kubeconfig: string | undefined;
+    /** Every Node's podCIDR must lie inside it. */
+    clusterCidr: Subnet;
+  }
   | {
     kind: "gossip";
     keyFile: string;
@@ -85,6 +92,12 @@ const MAX_BUSY_POLL_US = 100_000;
 const DEFAULT_BUSY_POLL_US = 50;
 const MAX_MTU = 9000;
 
+export type SourceChoice = "static" | "gossip" | "kubernetes";
+
+function parseSourceChoice(text: string): Parsed<SourceChoice> {
+  return text === "static" || text === "gossip" || text === "kubernetes" ? { ok: true, value: text } : { ok: false, error: "static, gossip or kubernetes" };
+}
+
 function parseNodeName(text: string): Parsed<string> {
   return /^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/.test(text)
     ? { ok: true, value: text }
@@ -103,7 +116,9 @@ function parseLogLevel(text: string): Parsed<string> {
 }
 
 export const daemonFlags = {
-  nodeName: { name: "node-name", help: "this node's name, unique in the cluster", required: true, parse: parseNodeName } satisfies FlagSpec<string>,
+  nodeName: { name: "node-name", help: "this node's name, unique in the cluster (Kubernetes: the Node's name; NODE_NAME, as the downward API sets it, is read last)", required: true, fallbackEnv: "NODE_NAME", parse: parseNodeName } satisfies FlagSpec<string>,
+  subnetSource: { name: "subnet-source", help: "where this node's subnet and its peers come from: static (--peers FILE), gossip (--key-file, --join) or kubernetes (the Nodes' spec.podCIDR and vxmesh.io/ annotations, through the API server)", defaultText: "static with --peers, else gossip", parse: parseSourceChoice } satisfies FlagSpec<SourceChoice>,
+  kubeconfig: { name: "kubeconfig", help: "--subnet-source kubernetes: a kubeconfig file (https server, its CA, a token, token file or client certificate)", defaultText: "in-cluster: $KUBERNETES_SERVICE_HOST and the pod's service-account token", parse: anyText } satisfies FlagSpec<string>,
   underlayIp: { name: "underlay-ip", help: "this node's underlay IPv4 address; VXLAN is sent from and received on it", required: true, parse: parseIpv4 } satisfies FlagSpec<Ipv4>,
   config: { name: "config", help: "a config file (YAML, or JSON: by extension, else by content) whose keys are these flag names", defaultText: "none", parse: anyText } satisfies FlagSpec<string>,
   subnet: { name: "subnet", help: "this node's pod subnet, e.g. 10.244.1.0/24 (with --peers: required; with gossip: static instead of claimed)", defaultText: "claimed from --cluster-cidr", parse: parseSubnet } satisfies FlagSpec<Subnet>,
@@ -156,35 +171,14 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
   const o = parsed.origins;
   const show = (key: keyof typeof daemonFlags, value: string): string => describeSetting(daemonFlags[key].name, value, o[key]);
   const nodeName = v.nodeName as string;
-  let source: PeerSource;
-  if (v.peers !== undefined) {
-    if (v.subnet === undefined) return { ok: false, error: "--subnet is required with --peers: static peers need this node's subnet" };
-    if (v.keyFile !== undefined || v.join !== undefined) return { ok: false, error: "--peers (static peers) cannot be combined with --key-file or --join (gossip)" };
-    source = { kind: "static", peersFile: v.peers, subnet: v.subnet };
-  } else {
-    if (v.keyFile === undefined) {
-      return { ok: false, error: "--key-file is required for gossip (or give --peers FILE for static peers): the gossip keyring, from `vxmesh keygen`" };
-    }
-    const clusterCidr = v.clusterCidr ?? daemonFlags.clusterCidr.default;
-    const subnetLen = v.subnetLen ?? daemonFlags.subnetLen.default;
-    if (subnetLen < clusterCidr.prefixLen) {
-      return { ok: false, error: `${show("subnetLen", String(subnetLen))} is shorter than the prefix of ${show("clusterCidr", formatSubnet(clusterCidr))}: expected ${clusterCidr.prefixLen} to 30` };
-    }
-    if (v.subnet !== undefined && !subnetInside(v.subnet, clusterCidr)) {
-      return { ok: false, error: `${show("subnet", formatSubnet(v.subnet))} is not inside ${show("clusterCidr", formatSubnet(clusterCidr))}` };
-    }
-    source = {
-      kind: "gossip", keyFile: v.keyFile, join: v.join ?? [], gossipPort: v.gossipPort ?? daemonFlags.gossipPort.default, clusterCidr, subnetLen,
-      subnet: v.subnet, claimWaitMs: (v.claimWait ?? daemonFlags.claimWait.default) * 1000,
-      profile: v.gossipProfile ?? daemonFlags.gossipProfile.default,
-    };
-  }
+  const source = chooseSource(v, show);
+  if (!source.ok) return source;
   return {
     ok: true,
     value: {
       nodeName,
       underlayIp: v.underlayIp as Ipv4,
-      source,
+      source: source.value,
       vni: v.vni ?? daemonFlags.vni.default,
       vxlanPort: v.vxlanPort ?? daemonFlags.vxlanPort.default,
       tap: v.tap ?? daemonFlags.tap.default,
@@ -208,9 +202,56 @@ export function parseDaemonSettings(argv: readonly string[], env: NodeJS.Process
   };
 }
 
+type FlagValues = Extract<ReturnType<typeof parseFlags<typeof daemonFlags>>, { ok: true }>["values"];
+
+/** The peer source the flags name: --subnet-source, else static with --peers and gossip without. */
+function chooseSource(v: FlagValues, show: (key: keyof typeof daemonFlags, value: string) => string): Parsed<PeerSource> {
+  const kind = v.subnetSource ?? (v.peers !== undefined ? "static" : "gossip");
+  const clusterCidr = v.clusterCidr ?? daemonFlags.clusterCidr.default;
+  const given = (keys: (keyof typeof daemonFlags)[]): string[] => keys.filter((k) => v[k] !== undefined).map((k) => `--${daemonFlags[k].name}`);
+  switch (kind) {
+    case "static": {
+      if (v.peers === undefined) return { ok: false, error: "--peers FILE is required with --subnet-source static: the other nodes" };
+      if (v.subnet === undefined) return { ok: false, error: "--subnet is required with --peers: static peers need this node's subnet" };
+      const extra = given(["keyFile", "join", "kubeconfig"]);
+      if (extra.length > 0) return { ok: false, error: `--peers (static peers) cannot be combined with ${extra.join(", ")}` };
+      return { ok: true, value: { kind: "static", peersFile: v.peers, subnet: v.subnet } };
+    }
+    case "kubernetes": {
+      const extra = given(["peers", "keyFile", "join", "subnet"]);
+      if (extra.length > 0) {
+        return { ok: false, error: `--subnet-source kubernetes cannot be combined with ${extra.join(", ")}: the Node's spec.podCIDR is the subnet and the other Nodes are the peers` };
+      }
+      return { ok: true, value: { kind: "kubernetes", kubeconfig: v.kubeconfig, clusterCidr } };
+    }
+    case "gossip": {
+      if (v.keyFile === undefined) {
+        return { ok: false, error: "--key-file is required for gossip (or give --peers FILE for static peers, or --subnet-source kubernetes): the gossip keyring, from `vxmesh keygen`" };
+      }
+      if (v.kubeconfig !== undefined) return { ok: false, error: "--kubeconfig is for --subnet-source kubernetes, not gossip" };
+      const subnetLen = v.subnetLen ?? daemonFlags.subnetLen.default;
+      if (subnetLen < clusterCidr.prefixLen) {
+        return { ok: false, error: `${show("subnetLen", String(subnetLen))} is shorter than the prefix of ${show("clusterCidr", formatSubnet(clusterCidr))}: expected ${clusterCidr.prefixLen} to 30` };
+      }
+      if (v.subnet !== undefined && !subnetInside(v.subnet, clusterCidr)) {
+        return { ok: false, error: `${show("subnet", formatSubnet(v.subnet))} is not inside ${show("clusterCidr", formatSubnet(clusterCidr))}` };
+      }
+      return {
+        ok: true,
+        value: {
+          kind: "gossip", keyFile: v.keyFile, join: v.join ?? [], gossipPort: v.gossipPort ?? daemonFlags.gossipPort.default, clusterCidr, subnetLen,
+          subnet: v.subnet, claimWaitMs: (v.claimWait ?? daemonFlags.claimWait.default) * 1000,
+          profile: v.gossipProfile ?? daemonFlags.gossipProfile.default,
+        },
+      };
+    }
+  }
+}
+
 /** The pod addresses of this node's configuration: the cluster CIDR, or the static subnets. */
 export function podCidrs(config: DaemonConfig, staticPeers: readonly Peer[] = []): LabelledCidr[] {
   const src = config.source;
+  if (src.kind === "kubernetes") return [{ subnet: src.clusterCidr, label: `--cluster-cidr ${formatSubnet(src.clusterCidr)}` }];
   if (src.kind === "gossip") {
     const out: LabelledCidr[] = [{ subnet: src.clusterCidr, label: `--cluster-cidr ${formatSubnet(src.clusterCidr)}` }];
     if (src.subnet !== undefined) out.push({ subnet: src.subnet, label: `--subnet ${formatSubnet(src.subnet)}` });

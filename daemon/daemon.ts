@@ -20,12 +20,11 @@ import { IPV4_OVERHEAD, MIN_MTU, type DaemonConfig } from "./config";
 import { closeControl, controlInUse, controlSocketPath, listenControl, type ControlHandler } from "./control-socket";
 import { DataPlane, RECONCILE_INTERVAL_MS } from "./dataplane";
 import { removeHandoff, writeHandoff } from "./handoff";
-import { readLease } from "./lease-file";
 import type { Logger } from "./log";
 import { serveMetrics } from "./metrics";
 import type { PeerSource } from "./peer-source";
 import { SourceLink, type HandoffTarget } from "./source-link";
-import { choosePeerSource } from "./sources";
+import { choosePeerSource, knownSubnet } from "./sources";
 import { StartupError } from "./startup-error";
 import type { DaemonStatus, KernelStatus, PeerStatus } from "./status";
 import { findOwner, traceIp, type TraceRecord, type TraceState } from "./trace";
@@ -40,7 +39,7 @@ export interface RunningDaemon {
   status(): DaemonStatus;
   /** Leaves nothing behind: cluster left, forwarder stopped, routes and neighbours removed, TAP closed. */
   stop(): Promise<void>;
-  /** Resolves if the forwarder thread dies on its own (a bug); the daemon must then exit. */
+  /** Resolves if the forwarder thread dies on its own (a bug) or the source gives up; the daemon must then exit. */
   readonly failed: Promise<Error>;
   /** Re-reads the key file (SIGHUP): how keys rotate without a restart. */
   reloadKeys(): string | undefined;
@@ -192,7 +191,10 @@ async function serve(config: DaemonConfig, c: Checked, parts: Assembled, made: C
     controlSocket: controlSocketPath(config.runDir), ...c.source.logFields(),
   }, "vxmesh forwarding");
 
-  const failed = new Promise<Error>((resolve) => dp.onFailure(resolve));
+  const failed = Promise.race([
+    new Promise<Error>((resolve) => dp.onFailure((err) => resolve(new Error(`the forwarder thread failed: ${err.message}`)))),
+    link.failed,
+  ]);
   let stopping: Promise<void> | undefined;
   return { status, failed, reloadKeys: () => c.source.reload(), stop: () => (stopping ??= made.unwind()) };
 }
@@ -227,6 +229,7 @@ function daemonStatus(config: DaemonConfig, c: Checked, dp: DataPlane): DaemonSt
     node: config.nodeName,
     mode: c.source.kind,
     ready: c.source.ready,
+    ...(c.source.notReadyBecause === undefined ? {} : { notReadyBecause: c.source.notReadyBecause }),
     underlayIp: formatIpv4(config.underlayIp),
     subnet: dp.currentSubnet === undefined ? null : formatSubnet(dp.currentSubnet),
     vtepMac: formatMac(config.vtepMac),
@@ -285,13 +288,11 @@ async function trace(config: DaemonConfig, c: Checked, dp: DataPlane, ipText: un
 
 /**
  * What the start-up route check treats as the overlay's own: the TAP and our pod bridge, and
- * this node's subnet when it is known before the source runs (static or pinned --subnet, else
- * the confirmed lease a restart keeps), so a bridge someone else made for it is no conflict.
+ * this node's subnet when it is known before the source runs (sources.ts `knownSubnet`), so a
+ * bridge someone else made for it is no conflict.
  */
 export function ownRoutes(config: DaemonConfig): OwnRoutes {
-  const lease = readLease(config.stateDir);
-  // A subnet only being claimed may yet go to another node: its routes are not ours to excuse.
-  const subnet = config.source.subnet ?? (lease?.state === "confirmed" ? lease.subnet : undefined);
+  const subnet = knownSubnet(config);
   return { devices: [config.tap, POD_BRIDGE], nodeSubnets: subnet === undefined ? [] : [subnet] };
 }
 

@@ -7,13 +7,17 @@ import * as dgram from "node:dgram";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import type { Peer } from "../encap/fdb";
-import { formatIpv4, formatSubnet } from "../encap/types";
+import { formatIpv4, formatSubnet, subnetInside } from "../encap/types";
 import { hostRouteOverlapMessage, hostRouteOverlaps, serviceOverlapMessage, serviceOverlaps } from "../control/cidr-overlap";
 import { CAP_NET_ADMIN, parseStatusCaps } from "./capabilities";
 import { readHostRoutes } from "../control/host-routes";
 import { BRIDGE_NF_CALL_IPTABLES, IP_FORWARD, readSwitch } from "../control/sysctl";
 import { readForwardPolicy } from "../control/iptables";
 import { loadKeyring } from "../control/keyring";
+import { HttpsKubeApi } from "../control/kube/client";
+import { loadCredentials } from "../control/kube/credentials";
+import { describeKubeError } from "../control/kube/describe-error";
+import { readNode } from "../control/kube/node-view";
 import { findUnderlayInterface } from "../control/underlay";
 import {
   CONFIG_HELP_NOTES, IPV4_OVERHEAD, MIN_MTU, configFileArg, daemonFlags, loadDaemonSettings, parseDaemonSettings, podCidrs, readPeersFile,
@@ -215,7 +219,7 @@ async function checkForwardPolicy(config: DaemonConfig): Promise<CheckResult> {
 
 function checkKeyFile(config: DaemonConfig): CheckResult {
   const id = "key-file";
-  if (config.source.kind !== "gossip") return skip(id, "static peers: no --key-file");
+  if (config.source.kind !== "gossip") return skip(id, `${sourceName(config)}: no --key-file`);
   const file = config.source.keyFile;
   const loaded = loadKeyring(file);
   if (!loaded.ok) {
@@ -245,11 +249,11 @@ async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv): Promi
     } else {
       peers = read.value;
       const file = configFileArg(argv, env);
-      results.push(pass("config", `valid: ${src.kind === "gossip" ? "gossip" : `static peers (${peers.length})`}, node ${config.nodeName}, underlay ${formatIpv4(config.underlayIp)}${file === undefined ? "" : `, with ${file.file}`}`));
+      results.push(pass("config", `valid: ${src.kind === "static" ? `static peers (${peers.length})` : src.kind}, node ${config.nodeName}, underlay ${formatIpv4(config.underlayIp)}${file === undefined ? "" : `, with ${file.file}`}`));
     }
   }
   results.push(checkTun(), checkCapNetAdmin(), checkIpForward(), checkBridgeNetfilter());
-  const needs = ["underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "forward-policy", "key-file"];
+  const needs = ["underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "forward-policy", "key-file", "kubernetes-api"];
   if (config === undefined) {
     for (const id of needs) results.push(skip(id, "needs a valid configuration"));
     return results;
@@ -262,7 +266,7 @@ async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv): Promi
     results.push(await checkPort("gossip-port-udp", "udp", ul, c.source.gossipPort, "gossip", "--gossip-port"));
     results.push(await checkPort("gossip-port-tcp", "tcp", ul, c.source.gossipPort, "gossip", "--gossip-port"));
   } else {
-    results.push(skip("gossip-port-udp", "static peers: no gossip"), skip("gossip-port-tcp", "static peers: no gossip"));
+    results.push(skip("gossip-port-udp", `${sourceName(c)}: no gossip`), skip("gossip-port-tcp", `${sourceName(c)}: no gossip`));
   }
   results.push(c.metricsAddr === undefined
     ? skip("metrics-port", "--metrics-addr off")
@@ -271,14 +275,52 @@ async function runChecks(argv: readonly string[], env: NodeJS.ProcessEnv): Promi
   results.push(await checkHostRoutes(c, peers));
   results.push(await checkForwardPolicy(c));
   results.push(checkKeyFile(c));
+  results.push(await checkKubernetesApi(c));
   return results;
+}
+
+function sourceName(config: DaemonConfig): string {
+  return config.source.kind === "static" ? "static peers" : config.source.kind;
+}
+
+/** The Kubernetes source: credentials, the API server reached, this node's Node read and listed, its podCIDR inside --cluster-cidr. */
+async function checkKubernetesApi(config: DaemonConfig): Promise<CheckResult> {
+  const id = "kubernetes-api";
+  const src = config.source;
+  if (src.kind !== "kubernetes") return skip(id, `${sourceName(config)}: no API server`);
+  const creds = loadCredentials({ kubeconfig: src.kubeconfig, env: process.env });
+  if (!creds.ok) return fail(id, creds.error, "give --kubeconfig FILE, or run in a pod with its service account token mounted");
+  const made = HttpsKubeApi.create(creds.value, { requestTimeoutMs: 5000 });
+  if (!made.ok) return fail(id, made.error, "fix the CA, certificate or key the credentials name");
+  const api = made.value;
+  try {
+    const c = { server: api.server, credentialsFrom: creds.value.source };
+    const got = await api.getNode(config.nodeName);
+    if (!got.ok) {
+      return got.error.status === 404
+        ? fail(id, `${api.server} has no Node "${config.nodeName}"`, "--node-name (or NODE_NAME) must be the Node's name, as kubelet registered it")
+        : fail(id, describeKubeError(got.error, { ...c, what: "get nodes" }), "see deploy/README.md for the credentials and the ClusterRole");
+    }
+    const listed = await api.listNodes({ limit: 1 });
+    if (!listed.ok) return fail(id, describeKubeError(listed.error, { ...c, what: "list nodes" }), "see deploy/README.md for the ClusterRole");
+    const node = readNode(got.value);
+    const cidr = node.ok ? node.value.podCidr : undefined;
+    if (cidr === undefined) return fail(id, `Node "${config.nodeName}" has no spec.podCIDR yet`, "run kube-controller-manager with --allocate-node-cidrs and --cluster-cidr (kubeadm: --pod-network-cidr)");
+    if (!cidr.ok) return fail(id, cidr.error, "the Node's spec.podCIDR must be an IPv4 CIDR");
+    if (!subnetInside(cidr.value, src.clusterCidr)) {
+      return fail(id, `Node "${config.nodeName}" has spec.podCIDR ${formatSubnet(cidr.value)}, outside --cluster-cidr ${formatSubnet(src.clusterCidr)}`, "give --cluster-cidr the cluster's pod network");
+    }
+    return pass(id, `${api.server} (${creds.value.source}): Node "${config.nodeName}" has podCIDR ${formatSubnet(cidr.value)}; nodes get and list allowed`);
+  } finally {
+    api.close();
+  }
 }
 
 export async function runDoctor(argv: readonly string[]): Promise<number> {
   if (argv.includes("--help") || argv.includes("-h")) {
     const flags = { json: { name: "json", help: "print the results as JSON", defaultText: "false", isSwitch: true, parse: boolSwitch }, ...daemonFlags };
     const summary = "Checks this host and a daemon configuration (the same flags, variables and --config as `vxmesh daemon`) before a start: " +
-      "/dev/net/tun, CAP_NET_ADMIN, IP forwarding, bridge netfilter, ports, MTU, CIDR overlaps, the FORWARD policy, the key file. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
+      "/dev/net/tun, CAP_NET_ADMIN, IP forwarding, bridge netfilter, ports, MTU, CIDR overlaps, the FORWARD policy, the key file, the Kubernetes API. Changes nothing. Exit 0 when every check passes, 1 otherwise.";
     process.stdout.write(formatHelp("doctor", summary, flags, CONFIG_HELP_NOTES) + "\n");
     return 0;
   }

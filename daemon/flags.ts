@@ -17,6 +17,11 @@ export interface FlagSpec<T> {
    */
   readonly default?: T;
   readonly required?: boolean;
+  /**
+   * A variable read last, after the flag, VXMESH_<FLAG> and the file: a name other software
+   * sets (NODE_NAME from Kubernetes' downward API).
+   */
+  readonly fallbackEnv?: string;
   /** A boolean switch takes no value. */
   readonly isSwitch?: boolean;
   /** May be given more than once (the values are joined with ","); a list in a config file. */
@@ -155,9 +160,11 @@ export function parseFlags<S extends FlagSpecs>(
       const fromFile = file.settings.get(spec.name);
       if (fromFile !== undefined) given = { text: fromFile.text, origin: { kind: "file", file: file.file, key: fromFile.key, line: fromFile.line } };
     }
+    const fallback = spec.fallbackEnv === undefined ? undefined : env[spec.fallbackEnv];
+    if (given === undefined && fallback !== undefined && fallback !== "") given = { text: fallback, origin: { kind: "env", variable: spec.fallbackEnv as string } };
     if (given === undefined) {
       if (spec.required) {
-        const alternatives = `${envName(spec.name)}${file === undefined ? "" : `, or ${spec.name} in ${file.file}`}`;
+        const alternatives = `${envName(spec.name)}${file === undefined ? "" : `, or ${spec.name} in ${file.file}`}${spec.fallbackEnv === undefined ? "" : `, or ${spec.fallbackEnv}`}`;
         return { ok: false, error: `--${spec.name} is required (or ${alternatives}): ${spec.help}` };
       }
       values[key] = undefined;
@@ -201,7 +208,7 @@ export function formatHelp(command: string, summary: string, specs: FlagSpecs, n
     const dflt = spec.required ? " (required)" : spec.defaultText !== undefined ? ` (default ${spec.defaultText})` : "";
     const more = spec.repeatable ? "; may be repeated" : "";
     lines.push(`${head.padEnd(HELP_COLUMN)} ${spec.help}${more}${dflt}`);
-    lines.push(`${"".padEnd(HELP_COLUMN)} env ${envName(spec.name)}`);
+    lines.push(`${"".padEnd(HELP_COLUMN)} env ${envName(spec.name)}${spec.fallbackEnv === undefined ? "" : `, else ${spec.fallbackEnv}`}`);
   }
   return lines.join("\n");
 }

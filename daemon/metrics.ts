@@ -3,7 +3,8 @@
 
 import * as http from "node:http";
 import { COUNTER_NAMES, Counter, type BatchHistogram } from "../encap/counters";
-import type { DaemonStatus } from "./status";
+import type { SyncState } from "../control/kube/reflector";
+import type { DaemonStatus, KubernetesStatus } from "./status";
 
 export interface MetricsAddress {
   host: string;
@@ -88,7 +89,7 @@ function counterSamples(counters: Readonly<Record<string, number>>, family: Coun
 /** Renders the status as Prometheus text. Pure, for tests. */
 export function renderMetrics(s: DaemonStatus): string {
   const out: string[] = [];
-  const family = (name: string, type: "counter" | "gauge", help: string, samples: [string, number][]): void => {
+  const family: FamilyWriter = (name, type, help, samples) => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
     for (const [labels, value] of samples) out.push(`${name}${labels} ${value}`);
   };
@@ -144,8 +145,36 @@ export function renderMetrics(s: DaemonStatus): string {
       ["none", "claiming", "confirmed"].map((st) => [`{state="${st}"}`, (g.lease?.state ?? "none") === st ? 1 : 0]));
     family("vxmesh_subnet_conflicts_lost_total", "counter", "Confirmed subnets lost to another node's claim (partition heals).", [["", g.subnetConflictsLost]]);
   }
+  if (s.kubernetes !== undefined) kubernetesFamilies(s.kubernetes, family);
   return out.join("\n") + "\n";
 }
+
+type FamilyWriter = (name: string, type: "counter" | "gauge", help: string, samples: [string, number][]) => void;
+
+/** The Kubernetes source: the watch's state and age, the Nodes by why they are skipped, the API calls. */
+function kubernetesFamilies(k: KubernetesStatus, family: FamilyWriter): void {
+  const w = k.watch;
+  family("vxmesh_kube_watch_in_sync", "gauge", "1 when a complete list of Nodes is applied and its watch is open.", [["", w.inSync ? 1 : 0]]);
+  family("vxmesh_kube_watch_state", "gauge", "The Node list/watch loop: 1 for its current state.",
+    SYNC_STATES.map((st) => [labelText({ state: st }), w.state === st ? 1 : 0]));
+  family("vxmesh_kube_watch_state_seconds", "gauge", "Seconds the list/watch loop has been in its current state.", [["", w.forSeconds]]);
+  family("vxmesh_kube_last_event_age_seconds", "gauge", "Seconds since the watch last delivered an event or bookmark (-1: never).", [["", w.lastEventSecondsAgo ?? -1]]);
+  family("vxmesh_kube_nodes", "gauge", "Nodes listed on the API server, this one included.", [["", k.nodes]]);
+  family("vxmesh_kube_nodes_skipped", "gauge", "Nodes that are not peers, by reason.",
+    Object.entries(k.skippedByReason).map(([reason, n]) => [labelText({ reason }), n]));
+  const c = k.counters;
+  family("vxmesh_kube_lists_total", "counter", "Complete lists of Nodes; reason=gone for those after 410 Gone.", [
+    [labelText({ reason: "all" }), c.lists], [labelText({ reason: "gone" }), c.relists]]);
+  family("vxmesh_kube_watches_total", "counter", "Watches on Nodes opened.", [["", c.watches]]);
+  family("vxmesh_kube_watch_events_total", "counter", "Watch events received, by type.",
+    Object.entries(c.events).map(([type, n]) => [labelText({ type }), n]));
+  family("vxmesh_kube_api_errors_total", "counter", "Failed list and watch calls, by HTTP status (none: no answer).",
+    Object.entries(c.errors).map(([code, n]) => [labelText({ code }), n]));
+  family("vxmesh_kube_node_patches_total", "counter", "Patches of this node's Node: annotations, the condition, and failures.", [
+    [labelText({ what: "annotations" }), c.patches.annotations], [labelText({ what: "condition" }), c.patches.condition], [labelText({ what: "failed" }), c.patches.failed]]);
+}
+
+const SYNC_STATES: readonly SyncState[] = ["starting", "listing", "connecting", "watching", "retrying", "stopped"];
 
 /** {a="x",b="y"} with label values escaped as the text format wants. */
 function labelText(labels: Record<string, string>): string {

@@ -4,7 +4,7 @@
 // through PeerEvents; the daemon passes them on to the data plane and the CNI hand-off
 // (source-link.ts) and never asks which kind of source it holds. sources.ts picks the one the
 // configuration names; each implementation lives in its own file (static-source.ts,
-// gossip-source.ts).
+// gossip-source.ts, kubernetes-source.ts).
 
 import type { Peer } from "../encap/fdb";
 import type { Subnet } from "../encap/types";
@@ -21,11 +21,13 @@ export interface PeerEvents {
   subnetChanged(subnet: Subnet | undefined): Promise<void>;
   /** The peers to forward to from now on: the whole set, not a change to it. */
   peersChanged(peers: readonly Peer[]): Promise<void>;
+  /** The source cannot go on (its configuration contradicts the cluster's): the daemon stops with this message. */
+  fatal(message: string): void;
 }
 
 /** The source's own view for `vxmesh trace`. */
 export interface SourceTrace {
-  /** Members as the source sees them, this node included; undefined when it has no such notion (static). */
+  /** Members (gossip) or Nodes (Kubernetes) as the source sees them, this node included; undefined with static peers. */
   members: readonly TraceMember[] | undefined;
   /** Nodes the source knows of but does not route, and why. */
   skipped: readonly { name: string; why: string }[];

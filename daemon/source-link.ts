@@ -23,6 +23,9 @@ export interface HandoffTarget {
 export class SourceLink implements PeerEvents {
   private subnet: Subnet | undefined;
   private serving = false;
+  private failWith: (err: Error) => void = () => undefined;
+  /** Resolves when the source gives up (`fatal`): the daemon must then stop. */
+  readonly failed = new Promise<Error>((resolve) => { this.failWith = resolve; });
 
   constructor(private readonly dp: PeerTarget, private readonly handoff: HandoffTarget, private readonly log: Pick<Logger, "info">) {}
 
@@ -47,6 +50,10 @@ export class SourceLink implements PeerEvents {
   async peersChanged(peers: readonly Peer[]): Promise<void> {
     const summary = await this.dp.setPeers(peers);
     this.log.info({ peers: peers.map(describePeer), ...summary }, "peers changed");
+  }
+
+  fatal(message: string): void {
+    this.failWith(new Error(message));
   }
 
   /**

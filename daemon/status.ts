@@ -6,9 +6,11 @@ import type { TransportCounters } from "../control/gossip-transport";
 import type { LeaseState } from "../control/node-record";
 import type { MemberState } from "../control/membership";
 import type { GossipProfile } from "../control/membership/config";
+import type { ReflectorCounters, SyncState } from "../control/kube/reflector";
+import type { SkipReason } from "../control/kube/peer-selection";
 
 /** Where this node's subnet and its peers come from (config.ts's `source.kind`). */
-export type SourceKind = "static" | "gossip";
+export type SourceKind = "static" | "gossip" | "kubernetes";
 
 /** Kernel changes made, cumulative: what a change of peers or subnet asked for, and repairs of drift. */
 export interface KernelChanges {
@@ -30,12 +32,15 @@ export interface PeerStatus {
 /** Sections a peer source adds to the status, one per kind that has something to say. */
 export interface SourceStatus {
   gossip?: GossipStatus;
+  kubernetes?: KubernetesStatus;
 }
 
 export interface DaemonStatus extends SourceStatus {
   node: string;
   mode: SourceKind;
   ready: boolean;
+  /** Why not ready, as the source says; absent when ready. */
+  notReadyBecause?: string;
   underlayIp: string;
   subnet: string | null;
   vtepMac: string;
@@ -89,4 +94,35 @@ export interface GossipMemberStatus {
   lease: LeaseState | undefined;
   stateForSeconds: number | undefined;
   heardSecondsAgo: number | undefined;
+}
+
+/** The Kubernetes source's section. */
+export interface KubernetesStatus {
+  /** The API server's URL. */
+  server: string;
+  /** Where the credentials came from. */
+  credentials: string;
+  /** The Node this daemon is. */
+  node: string;
+  ready: boolean;
+  notReadyBecause: string | undefined;
+  watch: {
+    state: SyncState;
+    /** Seconds in that state. */
+    forSeconds: number;
+    /** A complete list applied and its watch open. */
+    inSync: boolean;
+    resourceVersion: string;
+    /** Since the last watch event, bookmarks included; null before the first. */
+    lastEventSecondsAgo: number | null;
+    lastError: { message: string; secondsAgo: number } | null;
+  };
+  /** Nodes the API server lists, this one included. */
+  nodes: number;
+  /** Our Node's NetworkUnavailable condition as the API server holds it; null when absent. */
+  networkUnavailable: string | null;
+  /** Nodes that are not peers, and why. */
+  skipped: { name: string; reason: SkipReason; why: string }[];
+  skippedByReason: Record<SkipReason, number>;
+  counters: ReflectorCounters & { patches: { annotations: number; condition: number; failed: number } };
 }

@@ -10,12 +10,13 @@ import type { PeerTraffic } from "../encap/counters";
 import type { Peer } from "../encap/fdb";
 import { formatIpv4, formatMac, formatSubnet, subnetInside, type Ipv4, type MacAddr, type Subnet } from "../encap/types";
 import { IPV4_OVERHEAD } from "./config";
+import type { SourceKind } from "./status";
 
 export interface TraceNode {
   name: string;
-  mode: "static" | "gossip";
+  mode: SourceKind;
   subnet: Subnet | undefined;
-  /** The gossip cluster's pod network; undefined with static peers. */
+  /** The cluster's pod network (gossip, Kubernetes); undefined with static peers. */
   clusterCidr: Subnet | undefined;
   underlayIp: Ipv4;
   vtepMac: MacAddr;
@@ -32,10 +33,12 @@ export interface TraceMember {
   vtepMac: MacAddr | undefined;
   subnet: Subnet | undefined;
   lease: LeaseState | undefined;
-  /** Since gossip last came from it directly; undefined when it never has. */
+  /** Since gossip last came from it directly (Kubernetes: since the watch last spoke); undefined when it never has. */
   heardAgoMs: number | undefined;
   /** Since its state last changed, as this node saw it. */
   stateForMs: number;
+  /** Where it is known from: a gossip member (the default) or a Node object. */
+  via?: "gossip" | "kubernetes";
 }
 
 export interface TraceState {
@@ -87,7 +90,7 @@ export interface TraceRecord {
     /** The member's state, or "static peer". */
     state: string;
     stateForSeconds: number | null;
-    lastHeard: { from: "gossip" | "static peer"; secondsAgo: number | null };
+    lastHeard: { from: "gossip" | "kubernetes" | "static peer"; secondsAgo: number | null };
     /** Why the node is not a peer (verdict not-routed). */
     notRoutedBecause?: string;
   };
@@ -211,7 +214,7 @@ export function traceIp(state: TraceState, ip: Ipv4, kernel: KernelFacts): Trace
         ...base, verdict: "unowned", problems,
         summary: node.clusterCidr === undefined
           ? `${ipText} is in no node's subnet: neither this node's nor any static peer's`
-          : `${ipText} is in the pod network ${formatSubnet(node.clusterCidr)} but no member holds a subnet containing it`,
+          : `${ipText} is in the pod network ${formatSubnet(node.clusterCidr)} but no ${node.mode === "kubernetes" ? "Node" : "member"} holds a subnet containing it`,
         kernel: { uses }, mtu: { tap: node.tapMtu },
       };
     case "not-routed": {
@@ -238,7 +241,7 @@ function memberFields(m: TraceMember): NonNullable<TraceRecord["owner"]> {
     vtepMac: m.vtepMac === undefined ? null : formatMac(m.vtepMac),
     state: m.state,
     stateForSeconds: seconds(m.stateForMs),
-    lastHeard: { from: "gossip", secondsAgo: m.heardAgoMs === undefined ? null : seconds(m.heardAgoMs) },
+    lastHeard: { from: m.via ?? "gossip", secondsAgo: m.heardAgoMs === undefined ? null : seconds(m.heardAgoMs) },
   };
 }
 
@@ -317,9 +320,14 @@ export function formatTrace(t: TraceRecord): string {
   const o = t.owner;
   if (o !== undefined) {
     lines.push(`owner      ${o.name}  subnet ${o.subnet ?? "?"}  underlay ${o.underlayIp ?? "?"}  vtep ${o.vtepMac ?? "?"}`);
-    const heard = o.lastHeard.from === "static peer" ? "static peer (no gossip)"
-      : o.lastHeard.secondsAgo === null ? "never heard from directly" : `last heard ${o.lastHeard.secondsAgo} s ago (gossip)`;
-    lines.push(`member     ${o.state}${o.stateForSeconds === null ? "" : ` for ${o.stateForSeconds} s`}; ${heard}`);
+    if (o.lastHeard.from === "kubernetes") {
+      const watch = o.lastHeard.secondsAgo === null ? "the watch has not spoken yet" : `the watch last spoke ${o.lastHeard.secondsAgo} s ago`;
+      lines.push(`node       a Node on the API server; ${watch}`);
+    } else {
+      const heard = o.lastHeard.from === "static peer" ? "static peer (no gossip)"
+        : o.lastHeard.secondsAgo === null ? "never heard from directly" : `last heard ${o.lastHeard.secondsAgo} s ago (gossip)`;
+      lines.push(`member     ${o.state}${o.stateForSeconds === null ? "" : ` for ${o.stateForSeconds} s`}; ${heard}`);
+    }
     if (o.notRoutedBecause !== undefined) lines.push(`not routed ${o.notRoutedBecause}`);
   }
   lines.push(`kernel     uses ${t.kernel.uses}`);

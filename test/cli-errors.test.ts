@@ -132,10 +132,10 @@ describe("vxmesh CLI: usage", () => {
     const specs: FlagSpec<unknown>[] = Object.values(daemonFlags);
     expect(specs.length).toBeGreaterThanOrEqual(12);
     for (const spec of specs) {
-      const i = lines.findIndex((l) => new RegExp(`^\\s+--${spec.name}\\b`).test(l));
+      const i = lines.findIndex((l) => new RegExp(`^\\s+--${spec.name}(\\s|$)`).test(l));
       expect(i, `--${spec.name} in:\n${r.stdout}`).toBeGreaterThanOrEqual(0);
       expect(lines[i], `default of --${spec.name}`).toMatch(spec.required ? /\(required\)$/ : new RegExp(`\\(default ${spec.defaultText?.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\)$`));
-      expect(lines[i + 1]?.trim(), `env var of --${spec.name}`).toBe(`env ${envName(spec.name)}`);
+      expect(lines[i + 1]?.trim(), `env var of --${spec.name}`).toBe(`env ${envName(spec.name)}${spec.fallbackEnv === undefined ? "" : `, else ${spec.fallbackEnv}`}`);
     }
     for (const [flag, dflt] of [["vxlan-port", "4789"], ["cluster-cidr", "10.244.0.0/16"], ["offload", "true"], ["service-cidr", "none"], ["metrics-addr", "127.0.0.1:9464"]]) {
       expect(lines.find((l) => l.startsWith(`  --${flag} `))).toContain(`(default ${dflt})`);
@@ -184,7 +184,7 @@ describe("vxmesh daemon: bad flags exit 2 naming the flag, the value and what is
     { name: "unknown flag --bogus", extra: ["--bogus", "1"], want: ["unknown flag --bogus", "valid flags: --node-name", "--vni"] },
     { name: "a flag without its value", extra: ["--vni"], want: ["--vni needs a value", "0-16777215"] },
     { name: "an unexpected positional argument", extra: ["extra"], want: ['unexpected argument "extra"'] },
-    { name: "neither --peers nor --key-file", over: { peers: null }, want: ["--key-file is required for gossip (or give --peers FILE for static peers)"] },
+    { name: "neither --peers nor --key-file", over: { peers: null }, want: ["--key-file is required for gossip (or give --peers FILE for static peers, or --subnet-source kubernetes)"] },
     { name: "--peers without --subnet", over: { subnet: null }, want: ["--subnet is required with --peers"] },
     { name: "--peers together with --key-file", extra: ["--key-file", "/tmp/k"], want: ["--peers (static peers) cannot be combined with --key-file"] },
     { name: "a bad --join list", over: { peers: null }, extra: ["--key-file", "/tmp/k", "--join", "192.0.2.1:99999"], want: ['--join "192.0.2.1:99999" is not valid', "IPv4:PORT"] },

@@ -44,6 +44,40 @@ describe("daemon flags", () => {
   });
 });
 
+describe("--subnet-source", () => {
+  const kube = ["--underlay-ip", "192.0.2.11", "--subnet-source", "kubernetes"];
+
+  it("kubernetes: the kubeconfig, the cluster CIDR, and the node name from NODE_NAME", () => {
+    const r = parseDaemonConfig([...kube, "--kubeconfig", "/etc/vxmesh/kubeconfig", "--cluster-cidr", "10.42.0.0/16"], { NODE_NAME: "worker-1" });
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.value.nodeName).toBe("worker-1");
+    expect(r.value.vtepMac).toBe(vtepMacFor("worker-1"));
+    expect(r.value.source).toEqual({ kind: "kubernetes", kubeconfig: "/etc/vxmesh/kubeconfig", clusterCidr: parseSubnet("10.42.0.0/16").ok && { family: 4, network: 0x0a2a0000, prefixLen: 16 } });
+    const inCluster = parseDaemonConfig(kube, { VXMESH_NODE_NAME: "n2", NODE_NAME: "ignored" });
+    expect(inCluster.ok && inCluster.value.nodeName).toBe("n2");
+    expect(inCluster.ok && inCluster.value.source).toMatchObject({ kind: "kubernetes", kubeconfig: undefined });
+  });
+
+  it("names what does not go with it", () => {
+    expect(error(kube, {})).toMatch(/^--node-name is required \(or VXMESH_NODE_NAME, or NODE_NAME\): this node's name/);
+    expect(error(kube, { NODE_NAME: "Bad_Name" })).toMatch(/^NODE_NAME "Bad_Name" is not valid: expected 1-63 characters/);
+    expect(error([...kube, "--subnet", "10.244.1.0/24"], { NODE_NAME: "n1" })).toBe("--subnet-source kubernetes cannot be combined with --subnet: the Node's spec.podCIDR is the subnet and the other Nodes are the peers");
+    expect(error([...kube, "--peers", "/p", "--key-file", "/k"], { NODE_NAME: "n1" })).toContain("cannot be combined with --peers, --key-file");
+    expect(error([...kube.slice(0, 2), "--subnet-source", "etcd"], { NODE_NAME: "n1" })).toBe('--subnet-source "etcd" is not valid: expected static, gossip or kubernetes');
+    expect(error(["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--key-file", "/k", "--kubeconfig", "/c"])).toBe("--kubeconfig is for --subnet-source kubernetes, not gossip");
+    expect(error([...base, "--kubeconfig", "/c"])).toBe("--peers (static peers) cannot be combined with --kubeconfig");
+    expect(error(["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--subnet-source", "static"])).toBe("--peers FILE is required with --subnet-source static: the other nodes");
+  });
+
+  it("without it: --peers means static, else gossip, as before", () => {
+    const r = parseDaemonConfig(base, {});
+    expect(r.ok && r.value.source.kind).toBe("static");
+    const g = parseDaemonConfig(["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--key-file", "/k"], {});
+    expect(g.ok && g.value.source.kind).toBe("gossip");
+  });
+});
+
 describe("peers file", () => {
   const sub = parseSubnet("10.244.1.0/24");
   if (!sub.ok) throw new Error("bad fixture");
@@ -152,11 +186,11 @@ describe("config sources: flag > env > file > default", () => {
     if (!r.ok) throw new Error(r.error);
     const c = parseDaemonConfig([], {}, r.value);
     expect(c.ok && c.value.nodeName).toBe("n7");
-    expect(error([], {})).toBe("--node-name is required (or VXMESH_NODE_NAME): this node's name, unique in the cluster");
+    expect(error([], {})).toMatch(/^--node-name is required \(or VXMESH_NODE_NAME, or NODE_NAME\): this node's name, unique in the cluster/);
     const empty = parseConfigFile("e.yaml", "", daemonFlags);
     if (!empty.ok) throw new Error(empty.error);
     const r2 = parseDaemonConfig([], {}, empty.value);
-    expect(r2.ok ? "" : r2.error).toContain("--node-name is required (or VXMESH_NODE_NAME, or node-name in e.yaml)");
+    expect(r2.ok ? "" : r2.error).toContain("--node-name is required (or VXMESH_NODE_NAME, or node-name in e.yaml, or NODE_NAME)");
   });
 
   it("a bad value names the setting, the value, its source and what is valid", () => {

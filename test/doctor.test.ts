@@ -78,8 +78,9 @@ describe("vxmesh doctor in a healthy lab node", () => {
     const r = await doctor(["--service-cidr", "10.96.0.0/12"]);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const ids = ["config", "tun", "cap-net-admin", "ip-forward", "bridge-netfilter", "underlay-mtu", "vxlan-port", "gossip-port-udp", "gossip-port-tcp", "metrics-port", "service-cidr", "host-routes", "forward-policy", "key-file"];
-    expect([...r.lines.keys()]).toEqual(ids);
+    expect([...r.lines.keys()]).toEqual([...ids, "kubernetes-api"]);
     for (const id of ids) expect(r.lines.get(id), id).toMatch(/^ok /);
+    expect(r.lines.get("kubernetes-api")).toBe("skip gossip: no API server");
     expect(r.lines.get("underlay-mtu")).toBe(`ok eth0 (holding ${n1.underlayIp}) has MTU 1500: overlay MTU 1450 (underlay − 50) fits`);
     expect(r.lines.get("vxlan-port")).toBe(`ok UDP ${n1.underlayIp}:4789 (VXLAN) is free`);
     expect(r.lines.get("host-routes")).toBe("ok no host route overlaps 10.244.0.0/16");

@@ -68,6 +68,36 @@ describe("Prometheus metrics", () => {
     expect(m.get('vxmesh_peer_bytes_total{peer="n2",direction="in"}')).toBe(400);
   });
 
+  it("renders the Kubernetes source's watch, Nodes by skip reason and API calls", () => {
+    const status: DaemonStatus = {
+      node: "n1", mode: "kubernetes", ready: false, notReadyBecause: "lost the watch", underlayIp: "192.0.2.11", subnet: "10.244.1.0/24",
+      vtepMac: "02:00:00:00:00:01", vni: 1, vxlanPort: 4789, tap: "vxmesh0", mtu: 1450, peers: [], counters: {},
+      kubernetes: {
+        server: "https://192.0.2.2:6443", credentials: "kubeconfig /k", node: "n1", ready: false, notReadyBecause: "lost the watch",
+        watch: { state: "retrying", forSeconds: 12.5, inSync: false, resourceVersion: "42", lastEventSecondsAgo: null, lastError: { message: "down", secondsAgo: 12.5 } },
+        nodes: 4, networkUnavailable: "False",
+        skipped: [{ name: "plain", reason: "no_annotations", why: "…" }],
+        skippedByReason: { no_pod_cidr: 0, bad_pod_cidr: 0, outside_cluster_cidr: 0, no_annotations: 1, bad_annotations: 0, other_vxlan: 0, overlapping_pod_cidr: 0, shared_endpoint: 0 },
+        counters: { lists: 3, relists: 1, watches: 5, events: { ADDED: 4, MODIFIED: 7, DELETED: 1, BOOKMARK: 9, ERROR: 1 }, errors: { none: 2, "403": 1 }, patches: { annotations: 1, condition: 1, failed: 0 } },
+      },
+    };
+    const e = parsePrometheus(renderMetrics(status));
+    const m = e.samples;
+    expect(m.get("vxmesh_kube_watch_in_sync")).toBe(0);
+    expect(m.get('vxmesh_kube_watch_state{state="retrying"}')).toBe(1);
+    expect(m.get('vxmesh_kube_watch_state{state="watching"}')).toBe(0);
+    expect(m.get("vxmesh_kube_watch_state_seconds")).toBe(12.5);
+    expect(m.get("vxmesh_kube_last_event_age_seconds")).toBe(-1);
+    expect(m.get("vxmesh_kube_nodes")).toBe(4);
+    expect(m.get('vxmesh_kube_nodes_skipped{reason="no_annotations"}')).toBe(1);
+    expect(m.get('vxmesh_kube_nodes_skipped{reason="shared_endpoint"}')).toBe(0);
+    expect(m.get('vxmesh_kube_lists_total{reason="gone"}')).toBe(1);
+    expect(m.get('vxmesh_kube_watch_events_total{type="BOOKMARK"}')).toBe(9);
+    expect(m.get('vxmesh_kube_api_errors_total{code="403"}')).toBe(1);
+    expect(m.get('vxmesh_kube_node_patches_total{what="condition"}')).toBe(1);
+    expect(m.get("vxmesh_members")).toBeUndefined();
+  });
+
   it("exports every forwarder counter, found by the Counter enum, under the family and labels it always had", () => {
     // The table's type already demands an entry per enum member; tests run without a type check, so check it here too.
     const members = Object.keys(Counter).filter((k) => Number.isNaN(Number(k))) as (keyof typeof Counter)[];

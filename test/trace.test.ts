@@ -169,6 +169,21 @@ describe("trace: who owns a pod IP", () => {
     expect(traceIp(s, ip("10.9.9.9"), healthyKernel()).summary).toBe("10.9.9.9 is in no node's subnet: neither this node's nor any static peer's");
   });
 
+  it("with the Kubernetes source: the owner is a Node, a skipped Node says why, an unowned IP says no Node holds it", () => {
+    const node = (name: string, over: Partial<TraceMember> = {}): TraceMember => member(name, { via: "kubernetes", stateForMs: 0, heardAgoMs: 800, ...over });
+    const s: TraceState = {
+      ...gossipState(),
+      node: { ...gossipState().node, mode: "kubernetes" },
+      members: [node("n1", { subnet: subnet("10.244.1.0/24") }), node("n2", { subnet: N2.subnet, underlayIp: N2.underlayIp }), node("plain", { subnet: subnet("10.244.9.0/24"), underlayIp: undefined })],
+      skipped: [{ name: "plain", why: "no vxmesh.io/ annotations: vxmesh is not running there (yet)" }],
+    };
+    const t = traceIp(s, ip("10.244.2.9"), healthyKernel());
+    expect(t.owner).toMatchObject({ name: "n2", lastHeard: { from: "kubernetes", secondsAgo: 0.8 } });
+    expect(formatTrace(t)).toMatch(/^node +a Node on the API server; the watch last spoke 0\.8 s ago$/m);
+    expect(findOwner(s, ip("10.244.9.9"))).toMatchObject({ kind: "not-routed", member: { name: "plain" }, why: "no vxmesh.io/ annotations: vxmesh is not running there (yet)" });
+    expect(traceIp(s, ip("10.244.77.1"), healthyKernel()).summary).toBe("10.244.77.1 is in the pod network 10.244.0.0/16 but no Node holds a subnet containing it");
+  });
+
   it("the record survives JSON (it crosses the control socket) and formats for a terminal", () => {
     const t = traceIp(gossipState(), ip("10.244.2.5"), healthyKernel());
     expect(JSON.parse(JSON.stringify(t))).toEqual(t);
