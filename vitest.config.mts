@@ -26,6 +26,7 @@ const UNIT = [
   "test/keyring.test.ts",
   "test/kube-client.test.ts",
   "test/kube-core.test.ts",
+  "test/kube-reflector.test.ts",
   "test/kube-watch-lines.test.ts",
   "test/kubeconfig.test.ts",
   "test/kubernetes-source.test.ts",

@@ -73,37 +73,23 @@ export interface KubeApiProcessOptions extends Omit<KubeApiDoubleOptions, "host"
   startTimeoutMs?: number;
 }
 
-interface Pending {
-  resolve(v: unknown): void;
-  reject(e: Error): void;
-}
-
 const OUTPUT_TAIL = 16 * 1024;
 
-export class KubeApiProcess {
-  /** "https://IP:PORT". */
-  readonly url: string;
-  /** A kubeconfig for this API (CA + the kubeconfig token). */
-  readonly kubeconfig: string;
+/**
+ * The IPC side of a kube-api-process-main.js child: calls by name, answers matched by id, the
+ * child's output kept for messages, killed when this process exits. Used here (the double in a
+ * namespace) and by bench/kube-scale.ts (the double forked on loopback).
+ */
+export class DoubleChannel {
   private output = "";
   private nextId = 0;
-  private readonly pending = new Map<number, Pending>();
+  private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
   private closing: Promise<void> | undefined;
   private readonly exitHook = (): void => {
     this.child.kill("SIGKILL");
   };
 
-  private constructor(
-    readonly namespace: string,
-    readonly ip: string,
-    readonly prefixLen: number,
-    readonly port: number,
-    private readonly bridge: string,
-    private readonly child: ChildProcess,
-    private readonly workDir: string,
-  ) {
-    this.url = `https://${ip}:${port}`;
-    this.kubeconfig = join(workDir, "kubeconfig");
+  constructor(private readonly child: ChildProcess) {
     const keep = (chunk: Buffer): void => {
       this.output = (this.output + chunk.toString("utf8")).slice(-OUTPUT_TAIL);
     };
@@ -112,11 +98,103 @@ export class KubeApiProcess {
     child.on("message", (m: unknown) => this.onMessage(m));
     child.once("exit", (code, signal) => {
       process.off("exit", this.exitHook);
-      const why = new Error(`the Kubernetes API double exited (${code ?? signal ?? "?"})${this.output === "" ? "" : `: ${this.output.trim()}`}`);
+      const why = new Error(`the Kubernetes API double exited (${code ?? signal ?? "?"})${this.tail()}`);
       for (const p of this.pending.values()) p.reject(why);
       this.pending.clear();
     });
     process.once("exit", this.exitHook);
+  }
+
+  /** dist/bench/kube-api-process-main.js, checked to exist (`npm run build`). */
+  static script(): string {
+    const script = distPath("bench", "kube-api-process-main.js");
+    if (!existsSync(script)) throw new Error(`${script} is missing: run \`npm run build\``);
+    return script;
+  }
+
+  /** The child's output so far (its last 16 KiB), for failure messages. */
+  get log(): string {
+    return this.output;
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  private tail(): string {
+    return this.output === "" ? "" : `: ${this.output.trim()}`;
+  }
+
+  private onMessage(m: unknown): void {
+    if (typeof m !== "object" || m === null) return;
+    const r = m as { id?: unknown; ok?: unknown; value?: unknown; error?: unknown };
+    if (typeof r.id !== "number") return;
+    const p = this.pending.get(r.id);
+    if (p === undefined) return;
+    this.pending.delete(r.id);
+    if (r.ok === true) p.resolve(r.value);
+    else p.reject(new Error(`Kubernetes API double: ${String(r.error)}`));
+  }
+
+  /** One control of the double (kube-api-process-main.ts lists them), answered or failed within `timeoutMs`. */
+  call(op: string, args: readonly unknown[] = [], timeoutMs = 10_000): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      if (!this.child.connected) {
+        reject(new Error(`the Kubernetes API double is not running${this.tail()}`));
+        return;
+      }
+      const id = ++this.nextId;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new Error(`the Kubernetes API double did not answer "${op}" within ${timeoutMs} ms${this.tail()}`));
+      }, timeoutMs);
+      this.pending.set(id, {
+        resolve: (v) => { clearTimeout(timer); resolve(v); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      });
+      this.child.send({ id, op, args }, (err) => {
+        if (err !== null && err !== undefined) this.pending.get(id)?.reject(err);
+      });
+    });
+  }
+
+  /** Ends the child (SIGTERM, then SIGKILL after 3 s); resolves once it has exited. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const c = this.child;
+      if (c.exitCode === null && c.signalCode === null) {
+        const exited = new Promise<void>((resolve) => c.once("exit", () => resolve()));
+        c.kill("SIGTERM");
+        const t = setTimeout(() => c.kill("SIGKILL"), 3000);
+        await exited;
+        clearTimeout(t);
+      }
+      process.off("exit", this.exitHook);
+    })();
+    return this.closing;
+  }
+}
+
+export class KubeApiProcess {
+  /** "https://IP:PORT". */
+  readonly url: string;
+  /** A kubeconfig for this API (CA + the kubeconfig token). */
+  readonly kubeconfig: string;
+  private readonly channel: DoubleChannel;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly namespace: string,
+    readonly ip: string,
+    readonly prefixLen: number,
+    readonly port: number,
+    private readonly bridge: string,
+    child: ChildProcess,
+    private readonly workDir: string,
+  ) {
+    this.url = `https://${ip}:${port}`;
+    this.kubeconfig = join(workDir, "kubeconfig");
+    this.channel = new DoubleChannel(child);
   }
 
   /** @internal used by startKubeApiInNamespace */
@@ -125,8 +203,7 @@ export class KubeApiProcess {
     const prefixLen = o.prefixLen ?? 24;
     const port = o.port ?? 6443;
     const bridge = o.bridge ?? "br0";
-    const script = distPath("bench", "kube-api-process-main.js");
-    if (!existsSync(script)) throw new Error(`${script} is missing: run \`npm run build\``);
+    const script = DoubleChannel.script();
     await execOrThrow(ns, ["ip", "addr", "add", `${ip}/${prefixLen}`, "dev", bridge]);
     const workDir = mkdtempSync(join(tmpdir(), "vxmesh-kube-api-"));
     let api: KubeApiProcess | undefined;
@@ -148,7 +225,7 @@ export class KubeApiProcess {
         requestLogLimit: o.requestLogLimit,
         nodes: o.nodes,
       };
-      await api.call("init", [options], o.startTimeoutMs ?? 15_000);
+      await api.channel.call("init", [options], o.startTimeoutMs ?? 15_000);
       return api;
     } catch (e) {
       if (api !== undefined) await api.close();
@@ -162,43 +239,15 @@ export class KubeApiProcess {
 
   /** The child's output so far (its last 16 KiB), for failure messages. */
   get log(): string {
-    return this.output;
+    return this.channel.log;
   }
 
   get pid(): number | undefined {
-    return this.child.pid;
+    return this.channel.pid;
   }
 
-  private onMessage(m: unknown): void {
-    if (typeof m !== "object" || m === null) return;
-    const r = m as { id?: unknown; ok?: unknown; value?: unknown; error?: unknown };
-    if (typeof r.id !== "number") return;
-    const p = this.pending.get(r.id);
-    if (p === undefined) return;
-    this.pending.delete(r.id);
-    if (r.ok === true) p.resolve(r.value);
-    else p.reject(new Error(`Kubernetes API double: ${String(r.error)}`));
-  }
-
-  private call(op: string, args: readonly unknown[] = [], timeoutMs = 10_000): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      if (!this.child.connected) {
-        reject(new Error(`the Kubernetes API double is not running${this.output === "" ? "" : `: ${this.output.trim()}`}`));
-        return;
-      }
-      const id = ++this.nextId;
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`the Kubernetes API double did not answer "${op}" within ${timeoutMs} ms${this.output === "" ? "" : `: ${this.output.trim()}`}`));
-      }, timeoutMs);
-      this.pending.set(id, {
-        resolve: (v) => { clearTimeout(timer); resolve(v); },
-        reject: (e) => { clearTimeout(timer); reject(e); },
-      });
-      this.child.send({ id, op, args }, (err) => {
-        if (err !== null && err !== undefined) this.pending.get(id)?.reject(err);
-      });
-    });
+  private call(op: string, args: readonly unknown[] = []): Promise<unknown> {
+    return this.channel.call(op, args);
   }
 
   // --- the double's controls ----------------------------------------------------------------
@@ -293,15 +342,7 @@ export class KubeApiProcess {
   }
 
   private async doClose(): Promise<void> {
-    const c = this.child;
-    if (c.exitCode === null && c.signalCode === null) {
-      const exited = new Promise<void>((resolve) => c.once("exit", () => resolve()));
-      c.kill("SIGTERM");
-      const t = setTimeout(() => c.kill("SIGKILL"), 3000);
-      await exited;
-      clearTimeout(t);
-    }
-    process.off("exit", this.exitHook);
+    await this.channel.close();
     rmSync(this.workDir, { recursive: true, force: true });
     // The namespace may be gone already (lab torn down): nothing to remove then.
     await exec(this.namespace, ["ip", "addr", "del", `${this.ip}/${this.prefixLen}`, "dev", this.bridge]).catch(() => undefined);

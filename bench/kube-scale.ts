@@ -22,13 +22,12 @@
 // process spent on it, and the kernel plan it caused (only that peer's route and neighbour).
 // A thin tap on the client (TappedApi) counts list pages and tells when a watch event was handled.
 
-import { fork, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { fork } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import pino from "pino";
-import { distPath } from "../encap/artefacts";
 import type { Peer } from "../encap/fdb";
 import { formatIpv4, formatMac, formatSubnet, vtepMacFor, type Ipv4, type MacAddr, type Subnet, type Vni } from "../encap/types";
 import { diffPeers, type ActualNeighbour, type ActualRoute, type PeerPlan } from "../control/host-plumbing";
@@ -42,6 +41,7 @@ import { KubernetesSource } from "../daemon/kubernetes-source";
 import type { PeerEvents } from "../daemon/peer-source";
 import { nodeObject, type KubeApiDoubleOptions, type KubeRequestCounts, type NodeJson } from "./kube-api-double";
 import { makeTestPki, type TestPki } from "./kube-pki";
+import { DoubleChannel } from "./kube-api-process";
 import { median, percentile } from "./report";
 
 // ---------------------------------------------------------------------------------------------
@@ -257,37 +257,14 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 /** dist/bench/kube-api-process-main.js forked with an IPC channel, on 127.0.0.1 (no namespace). */
 class ApiChild {
-  private output = "";
-  private nextId = 0;
-  private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
-  private closing: Promise<void> | undefined;
   /** "https://127.0.0.1:PORT", once init answered. */
   url = "";
-  private readonly exitHook = (): void => {
-    this.child.kill("SIGKILL");
-  };
 
-  private constructor(private readonly child: ChildProcess) {
-    const keep = (chunk: Buffer): void => {
-      this.output = (this.output + chunk.toString("utf8")).slice(-8192);
-    };
-    child.stdout?.on("data", keep);
-    child.stderr?.on("data", keep);
-    child.on("message", (m: unknown) => this.onMessage(m));
-    child.once("exit", (code, signal) => {
-      process.off("exit", this.exitHook);
-      const why = new Error(`the API double exited (${code ?? signal ?? "?"})${this.tail()}`);
-      for (const p of this.pending.values()) p.reject(why);
-      this.pending.clear();
-    });
-    process.once("exit", this.exitHook);
-  }
+  private constructor(private readonly channel: DoubleChannel) {}
 
   static async start(init: KubeApiDoubleOptions): Promise<ApiChild> {
-    const script = distPath("bench", "kube-api-process-main.js");
-    if (!existsSync(script)) throw new Error(`${script} is missing: run \`npm run build\``);
     // No execArgv: neither --expose-gc nor a test runner's loaders belong in the double.
-    const api = new ApiChild(fork(script, [], { stdio: ["ignore", "pipe", "pipe", "ipc"], execArgv: [] }));
+    const api = new ApiChild(new DoubleChannel(fork(DoubleChannel.script(), [], { stdio: ["ignore", "pipe", "pipe", "ipc"], execArgv: [] })));
     try {
       const r = (await api.call("init", [init])) as { url: string };
       api.url = r.url;
@@ -299,42 +276,11 @@ class ApiChild {
   }
 
   get pid(): number {
-    return this.child.pid ?? -1;
-  }
-
-  private tail(): string {
-    return this.output === "" ? "" : `: ${this.output.trim()}`;
-  }
-
-  private onMessage(m: unknown): void {
-    const r = m as { id?: unknown; ok?: unknown; value?: unknown; error?: unknown } | null;
-    if (typeof r?.id !== "number") return;
-    const p = this.pending.get(r.id);
-    if (p === undefined) return;
-    this.pending.delete(r.id);
-    if (r.ok === true) p.resolve(r.value);
-    else p.reject(new Error(`API double: ${String(r.error)}`));
+    return this.channel.pid ?? -1;
   }
 
   call(op: string, args: readonly unknown[] = [], timeoutMs = WAIT_MS): Promise<unknown> {
-    return new Promise((resolve, reject) => {
-      if (!this.child.connected) {
-        reject(new Error(`the API double is not running${this.tail()}`));
-        return;
-      }
-      const id = ++this.nextId;
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`the API double did not answer "${op}" within ${timeoutMs} ms${this.tail()}`));
-      }, timeoutMs);
-      this.pending.set(id, {
-        resolve: (v) => { clearTimeout(timer); resolve(v); },
-        reject: (e) => { clearTimeout(timer); reject(e); },
-      });
-      this.child.send({ id, op, args }, (err) => {
-        if (err !== null && err !== undefined) this.pending.get(id)?.reject(err);
-      });
-    });
+    return this.channel.call(op, args, timeoutMs);
   }
 
   /** The child's resident memory, from /proc (nothing asked of the double). */
@@ -344,20 +290,8 @@ class ApiChild {
     return { rssMiB: kib("VmRSS") / 1024, peakRssMiB: kib("VmHWM") / 1024 };
   }
 
-  /** SIGTERM, then SIGKILL after 3 s; resolves once it has exited. Idempotent. */
   close(): Promise<void> {
-    this.closing ??= (async () => {
-      const c = this.child;
-      if (c.exitCode === null && c.signalCode === null) {
-        const exited = new Promise<void>((resolve) => c.once("exit", () => resolve()));
-        c.kill("SIGTERM");
-        const t = setTimeout(() => c.kill("SIGKILL"), 3000);
-        await exited;
-        clearTimeout(t);
-      }
-      process.off("exit", this.exitHook);
-    })();
-    return this.closing;
+    return this.channel.close();
   }
 }
 
@@ -561,7 +495,7 @@ function newSource(url: string, pki: TestPki, macs: Set<number>): { source: Kube
     nodeName: SELF, clusterCidr: CLUSTER_CIDR, endpoint: endpoint(underlayOf(0), selfMac), credentialsFrom: "the bench's token", podCidrs: [],
   }, {
     api, clock: systemClock, random: Math.random, log: pino({ level: "silent" }),
-    subnets: { read: () => undefined, write: () => undefined },
+    memory: { read: () => undefined, write: () => undefined },
   });
   return { source, api };
 }

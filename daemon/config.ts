@@ -98,10 +98,15 @@ function parseSourceChoice(text: string): Parsed<SourceChoice> {
   return text === "static" || text === "gossip" || text === "kubernetes" ? { ok: true, value: text } : { ok: false, error: "static, gossip or kubernetes" };
 }
 
+/** Gossip records carry names this long at most (control/node-record.ts); Kubernetes Node names may be longer. */
+const GOSSIP_NAME_MAX = 63;
+
+/** A DNS subdomain, as Kubernetes names Nodes: labels of 1-63 characters, 253 in all. */
 function parseNodeName(text: string): Parsed<string> {
-  return /^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/.test(text)
+  const label = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
+  return text.length <= 253 && new RegExp(`^${label}(\\.${label})*$`).test(text)
     ? { ok: true, value: text }
-    : { ok: false, error: "1-63 characters of a-z, 0-9, '.' and '-', starting and ending with a letter or digit" };
+    : { ok: false, error: "a DNS name of up to 253 characters: labels of 1-63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit, joined by '.'" };
 }
 
 function parseIfName(text: string): Parsed<string> {
@@ -218,7 +223,7 @@ function chooseSource(v: FlagValues, show: (key: keyof typeof daemonFlags, value
       return { ok: true, value: { kind: "static", peersFile: v.peers, subnet: v.subnet } };
     }
     case "kubernetes": {
-      const extra = given(["peers", "keyFile", "join", "subnet"]);
+      const extra = given(["peers", "keyFile", "join", "subnet", "subnetLen", "claimWait", "gossipPort", "gossipProfile"]);
       if (extra.length > 0) {
         return { ok: false, error: `--subnet-source kubernetes cannot be combined with ${extra.join(", ")}: the Node's spec.podCIDR is the subnet and the other Nodes are the peers` };
       }
@@ -229,6 +234,9 @@ function chooseSource(v: FlagValues, show: (key: keyof typeof daemonFlags, value
         return { ok: false, error: "--key-file is required for gossip (or give --peers FILE for static peers, or --subnet-source kubernetes): the gossip keyring, from `vxmesh keygen`" };
       }
       if (v.kubeconfig !== undefined) return { ok: false, error: "--kubeconfig is for --subnet-source kubernetes, not gossip" };
+      if (v.peers !== undefined) return { ok: false, error: "--peers (static peers) cannot be combined with --subnet-source gossip" };
+      const name = v.nodeName as string;
+      if (name.length > GOSSIP_NAME_MAX) return { ok: false, error: `${show("nodeName", name)} is too long for gossip: at most ${GOSSIP_NAME_MAX} characters (Kubernetes Node names may be longer: --subnet-source kubernetes)` };
       const subnetLen = v.subnetLen ?? daemonFlags.subnetLen.default;
       if (subnetLen < clusterCidr.prefixLen) {
         return { ok: false, error: `${show("subnetLen", String(subnetLen))} is shorter than the prefix of ${show("clusterCidr", formatSubnet(clusterCidr))}: expected ${clusterCidr.prefixLen} to 30` };

@@ -14,6 +14,7 @@ import { readHostRoutes } from "../control/host-routes";
 import { BRIDGE_NF_CALL_IPTABLES, IP_FORWARD, readSwitch } from "../control/sysctl";
 import { readForwardPolicy } from "../control/iptables";
 import { loadKeyring } from "../control/keyring";
+import type { KubeError } from "../control/kube/api";
 import { HttpsKubeApi } from "../control/kube/client";
 import { loadCredentials } from "../control/kube/credentials";
 import { describeKubeError } from "../control/kube/describe-error";
@@ -303,6 +304,11 @@ async function checkKubernetesApi(config: DaemonConfig): Promise<CheckResult> {
     }
     const listed = await api.listNodes({ limit: 1 });
     if (!listed.ok) return fail(id, describeKubeError(listed.error, { ...c, what: "list nodes" }), "see deploy/README.md for the ClusterRole");
+    const watched = await watchOpens(api, listed.value.resourceVersion);
+    if (watched !== undefined) return fail(id, describeKubeError(watched, { ...c, what: "watch nodes" }), "see deploy/README.md for the ClusterRole");
+    // What the daemon writes, as a dry run: authorised and checked by the server, stored nowhere.
+    const patched = await api.patchNode(config.nodeName, { metadata: { annotations: {} } }, { type: "strategic", subresource: "status", dryRun: true });
+    if (!patched.ok) return fail(id, describeKubeError(patched.error, { ...c, what: "patch nodes/status" }), "see deploy/README.md for the ClusterRole");
     const node = readNode(got.value);
     const cidr = node.ok ? node.value.podCidr : undefined;
     if (cidr === undefined) return fail(id, `Node "${config.nodeName}" has no spec.podCIDR yet`, "run kube-controller-manager with --allocate-node-cidrs and --cluster-cidr (kubeadm: --pod-network-cidr)");
@@ -310,10 +316,21 @@ async function checkKubernetesApi(config: DaemonConfig): Promise<CheckResult> {
     if (!subnetInside(cidr.value, src.clusterCidr)) {
       return fail(id, `Node "${config.nodeName}" has spec.podCIDR ${formatSubnet(cidr.value)}, outside --cluster-cidr ${formatSubnet(src.clusterCidr)}`, "give --cluster-cidr the cluster's pod network");
     }
-    return pass(id, `${api.server} (${creds.value.source}): Node "${config.nodeName}" has podCIDR ${formatSubnet(cidr.value)}; nodes get and list allowed`);
+    return pass(id, `${api.server} (${creds.value.source}): Node "${config.nodeName}" has podCIDR ${formatSubnet(cidr.value)}; nodes get, list, watch and nodes/status patch allowed`);
   } finally {
     api.close();
   }
+}
+
+/** Opens a watch on Nodes and closes it as soon as the server answers; the error when it does not. */
+async function watchOpens(api: HttpsKubeApi, resourceVersion: string): Promise<KubeError | undefined> {
+  let opened = false;
+  const handle = api.watchNodes({ resourceVersion, bookmarks: false, timeoutSeconds: 1 }, () => undefined, () => {
+    opened = true;
+    handle.stop();
+  });
+  const done = await handle.done;
+  return opened || done.ok ? undefined : done.error;
 }
 
 export async function runDoctor(argv: readonly string[]): Promise<number> {

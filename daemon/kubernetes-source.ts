@@ -21,7 +21,7 @@ import { SKIP_REASONS, selectPeers, type SkippedNode, type SkipReason } from "..
 import { NodeReflector } from "../control/kube/reflector";
 import { systemClock, type Clock } from "./clock";
 import { podCidrs, type DaemonConfig } from "./config";
-import { readRememberedSubnet, writeRememberedSubnet } from "./lease-file";
+import { readKubeMemory, writeKubeMemory, type KubeMemory } from "./lease-file";
 import type { Logger } from "./log";
 import type { PeerEvents, PeerSource, SourceTrace } from "./peer-source";
 import { StartupError } from "./startup-error";
@@ -40,10 +40,13 @@ export interface KubernetesSourceOptions {
   podCidrs: readonly LabelledCidr[];
 }
 
-/** The node's pod CIDR as last seen, kept across restarts (the start-up route check reads it). */
-export interface SubnetMemory {
-  read(): Subnet | undefined;
-  write(subnet: Subnet): void;
+/**
+ * What the source last saw, kept across restarts: the start-up route check reads the subnet, and
+ * a daemon restarted while the API server is away routes as before until it is back.
+ */
+export interface NodeMemory {
+  read(): KubeMemory | undefined;
+  write(m: KubeMemory): void;
 }
 
 export interface KubernetesDeps {
@@ -51,7 +54,7 @@ export interface KubernetesDeps {
   clock: Clock;
   /** [0, 1): the backoff's jitter. */
   random(): number;
-  subnets: SubnetMemory;
+  memory: NodeMemory;
   log: Logger;
 }
 
@@ -59,6 +62,8 @@ export interface KubernetesDeps {
 export const NAG_INTERVAL_MS = 10_000;
 /** After a failed patch of our Node, the next try. */
 export const PATCH_RETRY_MS = 5_000;
+/** The memory is written at most this often (5,000 peers are half a megabyte); and at stop. */
+export const MEMORY_WRITE_MS = 10_000;
 const LIST_PAGE_SIZE = 500;
 const WATCH_TIMEOUT_S = 300;
 
@@ -81,6 +86,10 @@ export class KubernetesSource implements PeerSource {
   private patchError: string | undefined;
   private fatalError: string | undefined;
   private patches = { annotations: 0, condition: 0, failed: 0 };
+  /** A write of the memory is due (timer set) or owed at stop. */
+  private memoryOwed = false;
+  private lastMemoryWrite = -Infinity;
+  private cancelMemoryWrite: () => void = () => undefined;
 
   constructor(private readonly o: KubernetesSourceOptions, private readonly deps: KubernetesDeps) {
     this.reflector = new NodeReflector(deps.api, {
@@ -106,7 +115,7 @@ export class KubernetesSource implements PeerSource {
       endpoint: { protocol: CONTROL_PROTOCOL_VERSION, underlayIp: config.underlayIp, vtepMac: config.vtepMac, vni: config.vni, vxlanPort: config.vxlanPort },
     }, {
       api: api.value, clock: systemClock, random: Math.random, log,
-      subnets: { read: () => readRememberedSubnet(config.stateDir), write: (s) => writeRememberedSubnet(config.stateDir, s) },
+      memory: { read: () => readKubeMemory(config.stateDir), write: (m) => writeKubeMemory(config.stateDir, m) },
     });
   }
 
@@ -136,10 +145,15 @@ export class KubernetesSource implements PeerSource {
     if (!self.podCidr.ok) return `Node "${this.o.nodeName}": ${self.podCidr.error}`;
     if (this.subnet === undefined || !this.routesApplied) return "programming the node's subnet and routes";
     if (!r.inSync) {
-      const why = err === undefined ? "reconnecting" : this.describe(err.error, err.during);
-      return `lost the watch on ${server} ${ago(r.outOfSyncSince ?? r.stateSince)} s ago (${why}); the ${this.peers.length} peers last seen stay routed`;
+      const since = r.outOfSyncSince ?? r.stateSince;
+      // Only an error of this outage explains it; one from an earlier outage would mislead.
+      const why = err === undefined || err.at < since ? "reconnecting" : this.describe(err.error, err.during);
+      return `lost the watch on ${server} ${ago(since)} s ago (${why}); the ${this.peers.length} peers last seen stay routed`;
     }
     if (this.patchError !== undefined) return this.patchError;
+    // Ready once Kubernetes has been told: the endpoint on the Node, and the condition kubelet reads.
+    if (endpointPatch(self.annotations, this.o.endpoint) !== undefined) return `publishing this node's VXLAN endpoint on Node "${this.o.nodeName}"`;
+    if (self.networkUnavailable !== "False") return `setting NetworkUnavailable=False on Node "${this.o.nodeName}"`;
     return undefined;
   }
 
@@ -154,17 +168,62 @@ export class KubernetesSource implements PeerSource {
 
   async start(events: PeerEvents): Promise<void> {
     this.events = events;
+    await this.restore(events);
     this.reflector.start();
     this.nag();
+  }
+
+  /**
+   * What a previous run saw, until the API server answers (stale beats empty: a daemon restarted
+   * while the API is away keeps its pods reachable); not ready until the first list replaces it.
+   */
+  private async restore(events: PeerEvents): Promise<void> {
+    const m = this.deps.memory.read();
+    if (m === undefined || !subnetInside(m.subnet, this.o.clusterCidr)) return;
+    try {
+      await events.subnetChanged(m.subnet);
+      this.subnet = m.subnet;
+      await events.peersChanged(m.peers);
+      this.peers = m.peers;
+      this.deps.log.info({ subnet: formatSubnet(m.subnet), peers: m.peers.length },
+        `until the API server answers: the subnet ${formatSubnet(m.subnet)} and ${m.peers.length} peers a previous run saw`);
+    } catch (err) {
+      this.deps.log.warn({ err }, "the subnet and peers a previous run saw could not be applied; waiting for the API server");
+    }
+  }
+
+  /** Keeps the subnet and peers in the memory: now, or at the end of the current write period. */
+  private remember(): void {
+    this.memoryOwed = true;
+    const wait = this.lastMemoryWrite + MEMORY_WRITE_MS - this.deps.clock.now();
+    if (wait <= 0) this.writeMemory();
+    else if (!this.stopped) {
+      this.cancelMemoryWrite();
+      this.cancelMemoryWrite = this.deps.clock.after(wait, () => this.writeMemory());
+    }
+  }
+
+  private writeMemory(): void {
+    if (!this.memoryOwed || this.subnet === undefined) return;
+    this.memoryOwed = false;
+    this.lastMemoryWrite = this.deps.clock.now();
+    try {
+      this.deps.memory.write({ subnet: this.subnet, peers: this.peers });
+    } catch (err) {
+      this.deps.log.warn({ err }, "could not keep the subnet and peers in the state dir (a restart while the API server is away starts without them)");
+    }
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     this.cancelNag();
     this.cancelPatchRetry();
+    // Closing the client first aborts a list page or patch in flight: SIGTERM need not wait out a request timeout.
+    this.deps.api.close();
     await this.reflector.stop();
     await this.updating;
-    this.deps.api.close();
+    this.cancelMemoryWrite();
+    this.writeMemory();
   }
 
   private nag(): void {
@@ -207,21 +266,33 @@ export class KubernetesSource implements PeerSource {
     const self = this.reflector.cache.get(this.o.nodeName);
     if (self !== undefined && !(await this.takeSubnet(self, events))) return;
     if (self !== undefined) await this.publishEndpoint(self);
-    if (this.peersDirty) {
-      this.peersDirty = false;
-      const choice = selectPeers(this.reflector.cache.views(), {
-        name: this.o.nodeName, subnet: this.subnet, clusterCidr: this.o.clusterCidr, vni: this.o.endpoint.vni, vxlanPort: this.o.endpoint.vxlanPort,
-        underlayIp: this.o.endpoint.underlayIp, vtepMac: this.o.endpoint.vtepMac,
-      });
-      this.skipped = choice.skipped;
-      if (!samePeers(choice.peers, this.peers)) {
-        await events.peersChanged(choice.peers);
-        this.peers = choice.peers;
-      }
-      this.routesApplied = true;
-    }
+    if (this.peersDirty) await this.applyPeers(events);
     const now = this.reflector.cache.get(this.o.nodeName);
     if (now !== undefined && this.subnet !== undefined && this.routesApplied && now.networkUnavailable !== "False") await this.setNetworkAvailable();
+    // A patch the server applied though its answer was lost (a timeout): the Node shows it, nothing is left to write.
+    const after = this.reflector.cache.get(this.o.nodeName);
+    if (after !== undefined && after.networkUnavailable === "False" && endpointPatch(after.annotations, this.o.endpoint) === undefined) this.patchError = undefined;
+  }
+
+  /** A new peer selection to the data plane; left dirty when the data plane refuses it, so the retry selects again. */
+  private async applyPeers(events: PeerEvents): Promise<void> {
+    this.peersDirty = false;
+    const choice = selectPeers(this.reflector.cache.views(), {
+      name: this.o.nodeName, subnet: this.subnet, clusterCidr: this.o.clusterCidr, vni: this.o.endpoint.vni, vxlanPort: this.o.endpoint.vxlanPort,
+      underlayIp: this.o.endpoint.underlayIp, vtepMac: this.o.endpoint.vtepMac,
+    });
+    this.skipped = choice.skipped;
+    if (!samePeers(choice.peers, this.peers)) {
+      try {
+        await events.peersChanged(choice.peers);
+      } catch (err) {
+        this.peersDirty = true;
+        throw err;
+      }
+      this.peers = choice.peers;
+    }
+    this.routesApplied = true;
+    this.remember();
   }
 
   /** Takes the Node's pod CIDR as the subnet; false when it cannot be taken (none yet, or outside the cluster CIDR: fatal). */
@@ -240,8 +311,8 @@ export class KubernetesSource implements PeerSource {
     if (s !== undefined) this.deps.log.warn(`Node "${self.name}"'s spec.podCIDR changed from ${formatSubnet(s)} to ${formatSubnet(cidr.value)}; pods in the old subnet lose their network`);
     await events.subnetChanged(cidr.value);
     this.subnet = cidr.value;
+    // The peers are selected again in this pass, which remembers both.
     this.peersDirty = true;
-    this.deps.subnets.write(cidr.value);
     this.deps.log.info({ subnet: formatSubnet(cidr.value) }, `subnet ${formatSubnet(cidr.value)} from Node "${self.name}"'s spec.podCIDR`);
     return true;
   }

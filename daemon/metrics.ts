@@ -4,7 +4,7 @@
 import * as http from "node:http";
 import { COUNTER_NAMES, Counter, type BatchHistogram } from "../encap/counters";
 import type { SyncState } from "../control/kube/reflector";
-import type { DaemonStatus, KubernetesStatus } from "./status";
+import type { DaemonStatus, KubernetesStatus, SourceKind } from "./status";
 
 export interface MetricsAddress {
   host: string;
@@ -129,6 +129,8 @@ export function renderMetrics(s: DaemonStatus): string {
   counterFamily("vxmesh_offload_super_frames_total");
   family("vxmesh_peers", "gauge", "Peers the data plane forwards to.", [["", s.peers.length]]);
   family("vxmesh_ready", "gauge", "1 when the node has a confirmed subnet and forwards.", [["", s.ready ? 1 : 0]]);
+  family("vxmesh_peer_source", "gauge", "Where the subnet and the peers come from: 1 for the source in use.",
+    PEER_SOURCES.map((kind) => [labelText({ kind }), s.mode === kind ? 1 : 0]));
   const g = s.gossip as GossipStatus | undefined;
   if (g !== undefined) {
     const states = ["alive", "suspect", "dead", "left"];
@@ -174,6 +176,7 @@ function kubernetesFamilies(k: KubernetesStatus, family: FamilyWriter): void {
     [labelText({ what: "annotations" }), c.patches.annotations], [labelText({ what: "condition" }), c.patches.condition], [labelText({ what: "failed" }), c.patches.failed]]);
 }
 
+const PEER_SOURCES: readonly SourceKind[] = ["static", "gossip", "kubernetes"];
 const SYNC_STATES: readonly SyncState[] = ["starting", "listing", "connecting", "watching", "retrying", "stopped"];
 
 /** {a="x",b="y"} with label values escaped as the text format wants. */

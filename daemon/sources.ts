@@ -5,7 +5,7 @@ import type { Subnet } from "../encap/types";
 import type { DaemonConfig } from "./config";
 import { GossipSource } from "./gossip-source";
 import { KubernetesSource } from "./kubernetes-source";
-import { readLease, readRememberedSubnet } from "./lease-file";
+import { readKubeMemory, readLease } from "./lease-file";
 import type { Logger } from "./log";
 import type { PeerSource } from "./peer-source";
 import { StaticSource } from "./static-source";
@@ -33,6 +33,6 @@ export function knownSubnet(config: DaemonConfig): Subnet | undefined {
       const lease = readLease(config.stateDir);
       return src.subnet ?? (lease?.state === "confirmed" ? lease.subnet : undefined);
     }
-    case "kubernetes": return readRememberedSubnet(config.stateDir);
+    case "kubernetes": return readKubeMemory(config.stateDir)?.subnet;
   }
 }

@@ -61,9 +61,15 @@ describe("--subnet-source", () => {
 
   it("names what does not go with it", () => {
     expect(error(kube, {})).toMatch(/^--node-name is required \(or VXMESH_NODE_NAME, or NODE_NAME\): this node's name/);
-    expect(error(kube, { NODE_NAME: "Bad_Name" })).toMatch(/^NODE_NAME "Bad_Name" is not valid: expected 1-63 characters/);
+    expect(error(kube, { NODE_NAME: "Bad_Name" })).toMatch(/^NODE_NAME "Bad_Name" is not valid: expected a DNS name of up to 253 characters/);
+    // A Node name as clouds make them: longer than gossip carries, fine here.
+    const long = `${"a".repeat(60)}.${"b".repeat(60)}.eu-west-1.compute.internal`;
+    expect(parseDaemonConfig(kube, { NODE_NAME: long }).ok).toBe(true);
+    expect(error(["--underlay-ip", "192.0.2.11", "--key-file", "/k"], { NODE_NAME: long })).toMatch(/is too long for gossip: at most 63 characters/);
     expect(error([...kube, "--subnet", "10.244.1.0/24"], { NODE_NAME: "n1" })).toBe("--subnet-source kubernetes cannot be combined with --subnet: the Node's spec.podCIDR is the subnet and the other Nodes are the peers");
     expect(error([...kube, "--peers", "/p", "--key-file", "/k"], { NODE_NAME: "n1" })).toContain("cannot be combined with --peers, --key-file");
+    expect(error([...kube, "--subnet-len", "26", "--gossip-profile", "wan"], { NODE_NAME: "n1" })).toContain("cannot be combined with --subnet-len, --gossip-profile");
+    expect(error(["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--subnet-source", "gossip", "--key-file", "/k", "--peers", "/p"])).toBe("--peers (static peers) cannot be combined with --subnet-source gossip");
     expect(error([...kube.slice(0, 2), "--subnet-source", "etcd"], { NODE_NAME: "n1" })).toBe('--subnet-source "etcd" is not valid: expected static, gossip or kubernetes');
     expect(error(["--node-name", "n1", "--underlay-ip", "192.0.2.11", "--key-file", "/k", "--kubeconfig", "/c"])).toBe("--kubeconfig is for --subnet-source kubernetes, not gossip");
     expect(error([...base, "--kubeconfig", "/c"])).toBe("--peers (static peers) cannot be combined with --kubeconfig");

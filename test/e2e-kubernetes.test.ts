@@ -11,7 +11,8 @@
 //   3. a forced 410 Gone: the daemons list again and miss no later event;
 //   4. the API away while running: routes stay, pods still ping, readiness names the lost
 //      watch; back: in sync again, and a Node deleted meanwhile is unrouted;
-//   5. the API away while a daemon starts: not ready, retrying; back: ready, pods ping;
+//   5. the API away while a daemon restarts: it routes the subnet and peers it last saw (pods
+//      ping), not ready, retrying; back: ready, pods ping;
 //   6. a wrong token: the daemon says 401 and where its credentials came from;
 //   7. SIGTERM: no TAP, route, neighbour or iptables chain of vxmesh left in any node.
 //
@@ -105,7 +106,10 @@ beforeAll(async () => {
   pki = makeTestPki(join(lab.workDir(), "pki"), { ips: [API_IP] });
   api = await startKubeApiInNamespace(lab, {
     ip: API_IP, pki, bookmarkIntervalMs: 1000,
-    tokens: { "sa-token": { user: SA, allow: ["get nodes", "list nodes", "watch nodes", "patch nodes/status"] }, admin: { user: "admin", allow: "all" } },
+    tokens: {
+      "sa-token": { user: SA, allow: ["get nodes", "list nodes", "watch nodes", "patch nodes/status"] }, admin: { user: "admin", allow: "all" },
+      "no-patch": { user: "reader", allow: ["get nodes", "list nodes", "watch nodes"] },
+    },
     kubeconfigToken: "sa-token",
   });
   adminKubeconfig = join(lab.workDir(), "admin-kubeconfig");
@@ -153,16 +157,23 @@ describe("vxmesh daemons with the Kubernetes source, against the API double in t
 
   it("vxmesh doctor reaches the API, reads the Node and its podCIDR, and names a Node that has none", async () => {
     const n1 = L().node("n1");
-    const doctor = async (name: string): Promise<{ status: string; reason: string }> => {
-      const r = await L().exec(n1, [process.execPath, cliPath(), "doctor", "--json", "--subnet-source", "kubernetes", "--kubeconfig", A().kubeconfig,
+    const readerConfig = join(L().workDir(), "reader-kubeconfig");
+    writeKubeconfig(readerConfig, { server: A().url, caFile: pki.caFile, token: "no-patch" });
+    const doctor = async (name: string, kubeconfig = A().kubeconfig): Promise<{ status: string; reason: string }> => {
+      const r = await L().exec(n1, [process.execPath, cliPath(), "doctor", "--json", "--subnet-source", "kubernetes", "--kubeconfig", kubeconfig,
         "--node-name", name, "--underlay-ip", n1.underlayIp, "--metrics-addr", "off"], { timeoutMs: 30_000 });
       const checks = (JSON.parse(r.stdout) as { checks: { id: string; status: string; reason: string }[] }).checks;
       return checks.find((c) => c.id === "kubernetes-api") as { status: string; reason: string };
     };
-    expect(await doctor("n1")).toMatchObject({ status: "pass", reason: `https://${API_IP}:6443 (kubeconfig ${A().kubeconfig}): Node "n1" has podCIDR ${n1.subnet}; nodes get and list allowed` });
+    expect(await doctor("n1")).toMatchObject({ status: "pass", reason: `https://${API_IP}:6443 (kubeconfig ${A().kubeconfig}): Node "n1" has podCIDR ${n1.subnet}; nodes get, list, watch and nodes/status patch allowed` });
     await A().upsertNode(nodeObject("bare", {}));
     expect(await doctor("bare")).toMatchObject({ status: "fail", reason: `Node "bare" has no spec.podCIDR yet` });
     expect((await doctor("nobody")).reason).toBe(`https://${API_IP}:6443 has no Node "nobody"`);
+    const noPatch = await doctor("n1", readerConfig);
+    expect(noPatch.status).toBe("fail");
+    expect(noPatch.reason).toMatch(/forbids vxmesh to patch nodes\/status \(403 Forbidden: .*cannot patch resource "nodes\/status"/);
+    // The dry run wrote nothing.
+    expect(JSON.stringify(await A().node("n1"))).not.toContain("dryRun");
     await A().deleteNode("bare");
   });
 
@@ -205,13 +216,16 @@ describe("vxmesh daemons with the Kubernetes source, against the API double in t
     expect(await failingPairs()).toEqual([]);
   });
 
-  it("the API away while a daemon starts: not ready and retrying; back: ready and pods ping", async () => {
+  it("the API away while a daemon restarts: it routes what it last saw, not ready and retrying; back: ready", async () => {
     const n3 = L().node("n3");
     await C().daemons.get("n3")?.stop();
     await A().stop();
     await C().start(n3, options());
     await waitFor(async () => ((await statusOf(n3)).notReadyBecause ?? "").includes(`cannot reach the API server https://${API_IP}:6443`),
       { what: "n3 saying it cannot reach the API", timeoutMs: 20_000, intervalMs: 100 });
+    // Stale beats empty across a restart too: the subnet and peers it kept in its state dir.
+    expect((await statusOf(n3)).subnet).toBe(n3.subnet);
+    expect(await failingPairs()).toEqual([]);
     await A().start();
     await allReady("every daemon ready after the API came up", 40_000);
     expect(await failingPairs()).toEqual([]);

@@ -19,6 +19,7 @@ import { makeTestPki, type TestPki } from "../bench/kube-pki";
 import { waitFor } from "../bench/lab";
 import { systemClock } from "../daemon/clock";
 import { KubernetesSource } from "../daemon/kubernetes-source";
+import type { KubeMemory } from "../daemon/lease-file";
 import type { PeerEvents } from "../daemon/peer-source";
 
 const log = pino({ level: "silent" });
@@ -92,14 +93,14 @@ afterAll(async () => {
 });
 
 /** Node n1's source, started, against the double with `token`. */
-async function startSource(o: { token?: string; clusterCidr?: string } = {}): Promise<{ source: KubernetesSource; events: Recorder; remembered: Subnet[] }> {
+async function startSource(o: { token?: string; clusterCidr?: string; memory?: KubeMemory } = {}): Promise<{ source: KubernetesSource; events: Recorder; remembered: KubeMemory[] }> {
   const client = HttpsKubeApi.create({ server: api.url, ca: { kind: "pem", pem: pki.caPem }, auth: { kind: "token", token: o.token ?? "good" } });
   if (!client.ok) throw new Error(client.error);
-  const remembered: Subnet[] = [];
+  const remembered: KubeMemory[] = [];
   const source = new KubernetesSource({
     nodeName: "n1", clusterCidr: subnet(o.clusterCidr ?? "10.244.0.0/16"), credentialsFrom: "a test token", podCidrs: [],
     endpoint: { protocol: CONTROL_PROTOCOL_VERSION, underlayIp: ip("192.0.2.11") as never, vtepMac: vtepMacFor("n1"), vni: 1 as Vni, vxlanPort: 4789 },
-  }, { api: client.value, clock: systemClock, random: Math.random, log, subnets: { read: () => remembered.at(-1), write: (s) => remembered.push(s) } });
+  }, { api: client.value, clock: systemClock, random: Math.random, log, memory: { read: () => o.memory ?? remembered.at(-1), write: (m) => remembered.push(m) } });
   running.push(source);
   const events = new Recorder();
   await source.start(events);
@@ -121,7 +122,7 @@ describe("the Kubernetes source, against the API double", () => {
     const { source, events, remembered } = await startSource();
     await waitFor(() => source.ready, { what: "the source to be ready", timeoutMs: 10_000, intervalMs: 20 });
     expect(events.subnets.map((s) => (s === undefined ? "-" : formatSubnet(s)))).toEqual(["10.244.1.0/24"]);
-    expect(remembered.map(formatSubnet)).toEqual(["10.244.1.0/24"]);
+    expect(remembered.map((m) => formatSubnet(m.subnet))).toContain("10.244.1.0/24");
     expect(events.peers).toEqual(["n2 10.244.2.0/24 192.0.2.12", "n3 10.244.3.0/24 192.0.2.13"]);
     expect(annotationsOf("n1")).toMatchObject(endpointOf(1));
     const conditions = conditionsOf("n1");
@@ -217,6 +218,28 @@ describe("the Kubernetes source, against the API double", () => {
     await waitFor(() => source.notReadyBecause?.includes("cannot reach the API server"), { what: "the unreachable reason", intervalMs: 20 });
     await api.start();
     await waitFor(() => source.ready, { what: "ready after the API came up", timeoutMs: 40_000, intervalMs: 50 });
+  });
+
+  it("routes what a previous run saw while the API is down at start, not ready, until the first list replaces it", async () => {
+    api.upsertNode(meshNode(1));
+    api.upsertNode(meshNode(2));
+    await api.stop();
+    const old: KubeMemory = {
+      subnet: subnet("10.244.1.0/24"),
+      peers: [{ name: "n2", underlayIp: ip("192.0.2.12") as never, subnet: subnet("10.244.2.0/24"), vtepMac: vtepMacFor("n2"), path: "vxlan" },
+        { name: "gone", underlayIp: ip("192.0.2.77") as never, subnet: subnet("10.244.77.0/24"), vtepMac: vtepMacFor("gone"), path: "vxlan" }],
+    };
+    const { source, events, remembered } = await startSource({ memory: old });
+    // Applied before start returned: the data plane routes as before.
+    expect(events.subnets.map((s) => formatSubnet(s as Subnet))).toEqual(["10.244.1.0/24"]);
+    expect(events.peers).toEqual(["n2 10.244.2.0/24 192.0.2.12", "gone 10.244.77.0/24 192.0.2.77"]);
+    expect(source.ready).toBe(false);
+    await api.start();
+    await waitFor(() => source.ready, { what: "ready after the API came up", timeoutMs: 40_000, intervalMs: 50 });
+    expect(events.peers).toEqual(["n2 10.244.2.0/24 192.0.2.12"]);
+    expect(events.subnets.length).toBe(1);
+    await source.stop();
+    expect(remembered.at(-1)?.peers.map((p) => p.name)).toEqual(["n2"]);
   });
 
   it("names what is wrong when credentials are refused or a permission is missing", async () => {

@@ -83,6 +83,8 @@ describe("Prometheus metrics", () => {
     };
     const e = parsePrometheus(renderMetrics(status));
     const m = e.samples;
+    expect(m.get('vxmesh_peer_source{kind="kubernetes"}')).toBe(1);
+    expect(m.get('vxmesh_peer_source{kind="gossip"}')).toBe(0);
     expect(m.get("vxmesh_kube_watch_in_sync")).toBe(0);
     expect(m.get('vxmesh_kube_watch_state{state="retrying"}')).toBe(1);
     expect(m.get('vxmesh_kube_watch_state{state="watching"}')).toBe(0);

@@ -60,8 +60,11 @@ export interface KubeApi {
    * then `onEvent` for each line, in order, until `done`.
    */
   watchNodes(options: WatchOptions, onEvent: (event: WatchEvent) => void, onOpen?: () => void): WatchHandle;
-  /** PATCH /api/v1/nodes/NAME (or its status subresource) with a merge or strategic-merge patch; the object after. */
-  patchNode(name: string, patch: object, options: { type: PatchType; subresource?: "status" }): Promise<KubeResult<unknown>>;
+  /**
+   * PATCH /api/v1/nodes/NAME (or its status subresource) with a merge or strategic-merge patch;
+   * the object after. `dryRun`: checked and authorised, not stored (`vxmesh doctor`).
+   */
+  patchNode(name: string, patch: object, options: { type: PatchType; subresource?: "status"; dryRun?: boolean }): Promise<KubeResult<unknown>>;
   /** Closes idle connections (at stop). */
   close(): void;
 }

@@ -202,9 +202,9 @@ export class HttpsKubeApi implements KubeApi {
     return { ok: true, value: { resourceVersion: rv, items, continueToken: typeof cont === "string" && cont !== "" ? cont : undefined } };
   }
 
-  patchNode(name: string, patch: object, options: { type: PatchType; subresource?: "status" }): Promise<KubeResult<unknown>> {
+  patchNode(name: string, patch: object, options: { type: PatchType; subresource?: "status"; dryRun?: boolean }): Promise<KubeResult<unknown>> {
     if (name === "") return Promise.resolve(failure(undefined, "Invalid", "patchNode: empty Node name"));
-    const p = `${NODES}/${encodeURIComponent(name)}${options.subresource === "status" ? "/status" : ""}`;
+    const p = `${NODES}/${encodeURIComponent(name)}${options.subresource === "status" ? "/status" : ""}${options.dryRun === true ? "?dryRun=All" : ""}`;
     return this.call("PATCH", p, { type: PATCH_CONTENT_TYPE[options.type], text: JSON.stringify(patch) }, this.maxObjectBytes);
   }
 

@@ -18,7 +18,7 @@ const HOW =
 export interface LoadCredentialsOptions {
   /** --kubeconfig: used when given; otherwise in-cluster. */
   readonly kubeconfig?: string;
-  /** --kube-context: a context other than the kubeconfig's current-context. */
+  /** A context other than the kubeconfig's current-context (no daemon flag sets it yet). */
   readonly context?: string;
   readonly env: NodeJS.ProcessEnv;
   readonly serviceAccountDir?: string;

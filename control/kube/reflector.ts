@@ -3,7 +3,7 @@
 // from the last resourceVersion seen; 410 Gone (the server no longer has that history) means a
 // fresh list; any other error waits (backoff with jitter) and resumes. Between attempts the cache
 // keeps what it last had: stale beats empty. I/O only through the KubeApi seam; time and chance
-// come in, so a test drives every branch by hand.
+// come in, so test/kube-reflector.test.ts drives every branch by hand.
 
 import type { KubeApi, KubeError, WatchEvent, WatchHandle } from "./api";
 import { backoffMs } from "./backoff";
@@ -56,6 +56,8 @@ export class NodeReflector {
   private listed = false;
   private lastEvent: number | undefined;
   private lostAt: number | undefined;
+  /** Failures since a watch last lived past MIN_WATCH_MS: the backoff's exponent. */
+  private attempt = 0;
   private lastErr: { error: KubeError; during: "list" | "watch"; at: number } | undefined;
   private watch: WatchHandle | undefined;
   private cancelRetry: () => void = () => undefined;
@@ -119,13 +121,12 @@ export class NodeReflector {
 
   private async loop(): Promise<void> {
     let needList = true;
-    let attempt = 0;
     while (!this.stopped) {
       if (needList) {
         const listed = await this.list();
         if (this.stopped) return;
         if (listed !== undefined) {
-          await this.retryAfter(listed, "list", attempt++);
+          await this.retryAfter(listed, "list");
           continue;
         }
         needList = false;
@@ -134,19 +135,24 @@ export class NodeReflector {
       const events = this.eventCount();
       let end = await this.watchOnce();
       if (this.stopped) return;
+      // An ERROR that ends the watch is no sign of life: only other events count.
+      const atOnce = this.o.timers.now() - opened < MIN_WATCH_MS && this.eventCount() === events;
+      // A watch that lived: the next failure starts the backoff afresh, as client-go does after a healthy watch.
+      if (!atOnce) this.attempt = 0;
       // A server that ends every watch at once would otherwise be asked again in a tight loop.
-      if (end === "closed" && this.o.timers.now() - opened < MIN_WATCH_MS && this.eventCount() === events) {
-        end = { status: undefined, reason: "WatchClosed", message: "the server ended the watch at once, without an event" };
-      }
+      if (end === "closed" && atOnce) end = { status: undefined, reason: "WatchClosed", message: "the server ended the watch at once, without an event" };
       if (end === "gone") {
         this.counters.relists++;
         needList = true;
+        // 410 on a watch of a list just made: list again, but not in a tight loop.
+        if (atOnce) {
+          this.setState("retrying");
+          await this.pause(backoffMs(this.attempt++, this.o.random()));
+        }
       } else if (end !== "closed") {
         // The server is back after the wait: resume from where the cache stands (a 410 then lists).
-        await this.retryAfter(end, "watch", attempt++);
-        continue;
+        await this.retryAfter(end, "watch");
       }
-      attempt = 0;
     }
   }
 
@@ -182,7 +188,7 @@ export class NodeReflector {
     handle = this.api.watchNodes(
       { resourceVersion: this.cache.resourceVersion, bookmarks: true, timeoutSeconds: this.o.watchTimeoutSeconds },
       (ev) => {
-        if (gone || failed !== undefined) return;
+        if (gone || failed !== undefined || this.stopped) return;
         // An event proves the stream open too (a client that does not report the open).
         this.setState("watching");
         const r = this.onEvent(ev);
@@ -202,9 +208,10 @@ export class NodeReflector {
     return "closed";
   }
 
+  /** Watch events other than ERROR, since the start. */
   private eventCount(): number {
     const e = this.counters.events;
-    return e.ADDED + e.MODIFIED + e.DELETED + e.BOOKMARK + e.ERROR;
+    return e.ADDED + e.MODIFIED + e.DELETED + e.BOOKMARK;
   }
 
   private onEvent(ev: WatchEvent): "gone" | KubeError | undefined {
@@ -216,16 +223,21 @@ export class NodeReflector {
     return undefined;
   }
 
-  private async retryAfter(error: KubeError, during: "list" | "watch", attempt: number): Promise<void> {
+  private async retryAfter(error: KubeError, during: "list" | "watch"): Promise<void> {
     const key = error.status === undefined ? "none" : String(error.status);
     this.counters.errors[key] = (this.counters.errors[key] ?? 0) + 1;
     this.lastErr = { error, during, at: this.o.timers.now() };
-    const wait = backoffMs(attempt, this.o.random());
+    const wait = backoffMs(this.attempt++, this.o.random());
     this.setState("retrying");
     this.o.onError(error, during, wait);
-    await new Promise<void>((resolve) => {
+    await this.pause(wait);
+  }
+
+  /** Waits `ms` on the timers; stop() ends the wait at once. */
+  private pause(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
       this.wakeRetry = resolve;
-      this.cancelRetry = this.o.timers.after(wait, resolve);
+      this.cancelRetry = this.o.timers.after(ms, resolve);
     });
   }
 }
